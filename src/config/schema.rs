@@ -1,0 +1,177 @@
+//! The typed, validated task tree. Everything here has already passed validation: durations
+//! are `Duration`s, signals are `Signal`s, names are checked, dependencies exist and are
+//! acyclic. Nothing in this module knows about processes or tokio.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Uid};
+
+/// A whole configuration file: the root group plus the keys that only the root may carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeSpec {
+    /// The file this tree was read from, for messages.
+    pub source: PathBuf,
+    pub control_socket: Option<PathBuf>,
+    pub root: GroupSpec,
+}
+
+/// A named child of a group: a worker or a nested group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub name: String,
+    /// Names of siblings that must be ready before this node starts.
+    pub depends_on: Vec<String>,
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeKind {
+    Group(GroupSpec),
+    Worker(WorkerSpec),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    /// Children in YAML order, which is the start order subject to `depends_on`.
+    pub children: Vec<NodeSpec>,
+    pub strategy: Strategy,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    /// This level's cleanup deadline, already inherited from the parent when not given.
+    pub shutdown_timeout: Duration,
+    pub stop_order: StopOrder,
+    /// `None` means unlimited.
+    pub start_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    OneForOne,
+    OneForAll,
+    RestForOne,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOrder {
+    Reverse,
+    Parallel,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerSpec {
+    pub program: Program,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub user: Option<Identity<Uid>>,
+    pub group: Option<Identity<Gid>>,
+    pub replicas: u32,
+    pub restart: RestartPolicy,
+    pub backoff: Backoff,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+    pub pre_stop: Option<Vec<String>>,
+    pub ready: Option<ReadySpec>,
+    pub watchdog: Option<Duration>,
+    pub critical: bool,
+    pub logs: LogMode,
+}
+
+/// A user or group name as written, with the id it resolved to when the config was loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity<T> {
+    pub name: String,
+    pub id: T,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// argv, executed directly.
+    Command(Vec<String>),
+    /// A script for `/bin/sh -c`.
+    Shell(String),
+}
+
+impl Program {
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Program::Command(argv) => argv.clone(),
+            Program::Shell(script) => vec!["/bin/sh".into(), "-c".into(), script.clone()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub factor: f64,
+    /// Fraction of the delay added or removed at random, 0.0..=1.0.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            factor: 2.0,
+            jitter: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadySpec {
+    pub check: ReadyCheck,
+    /// Pause between two attempts.
+    pub interval: Duration,
+    /// Upper bound of one attempt.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadyCheck {
+    Tcp(String),
+    Exec(Vec<String>),
+    Http(String),
+    Notify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMode {
+    Capture,
+    Inherit,
+}
+
+pub const DEFAULT_ROOT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_READY_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Renders a node path: names joined with `/`, the root shown as `(root)`.
+pub fn display_path(path: &str) -> &str {
+    if path.is_empty() {
+        "(root)"
+    } else {
+        path
+    }
+}
+
+pub fn join_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}

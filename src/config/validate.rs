@@ -1,0 +1,936 @@
+//! Turns a parsed YAML value into a [`TreeSpec`], collecting every error of the file instead
+//! of stopping at the first. Each check knows the YAML path of what it looks at, so errors
+//! carry positions from [`Locations`] and the node path they belong to.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Group, Uid, User};
+use serde_yaml::{Mapping, Value};
+
+use super::error::ConfigError;
+use super::locate::{Locations, Pos, Seg};
+use super::schema::*;
+
+const GROUP_KEYS: &[&str] = &[
+    "children",
+    "strategy",
+    "max_restarts",
+    "restart_window",
+    "shutdown_timeout",
+    "stop_order",
+    "start_concurrency",
+    "depends_on",
+];
+const ROOT_ONLY_KEYS: &[&str] = &["control_socket"];
+const WORKER_KEYS: &[&str] = &[
+    "command",
+    "shell",
+    "env",
+    "cwd",
+    "user",
+    "group",
+    "replicas",
+    "restart",
+    "backoff",
+    "stop_signal",
+    "stop_timeout",
+    "pre_stop",
+    "ready",
+    "watchdog",
+    "critical",
+    "logs",
+    "depends_on",
+];
+
+/// Largest pool a single worker entry may ask for; beyond this is almost surely a typo.
+const MAX_REPLICAS: u64 = 100_000;
+
+pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
+    let value: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let pos = e.location().map(|l| Pos {
+                line: l.line(),
+                col: l.column(),
+            });
+            return Err(vec![ConfigError {
+                file: source.to_path_buf(),
+                pos,
+                node: String::new(),
+                message: format!("invalid YAML: {e}"),
+            }]);
+        }
+    };
+    let mut v = Validator {
+        file: source.to_path_buf(),
+        loc: Locations::index(text),
+        errors: Vec::new(),
+    };
+    let root = v.root(&value);
+    if v.errors.is_empty() {
+        let (root, control_socket) = root.expect("a root without errors");
+        Ok(TreeSpec {
+            source: source.to_path_buf(),
+            control_socket,
+            root,
+        })
+    } else {
+        // Errors in document order read best.
+        v.errors
+            .sort_by_key(|e| e.pos.map(|p| (p.line, p.col)).unwrap_or((usize::MAX, 0)));
+        Err(v.errors)
+    }
+}
+
+struct Validator {
+    file: PathBuf,
+    loc: Locations,
+    errors: Vec<ConfigError>,
+}
+
+/// Where a check is looking: the YAML path and the node it belongs to.
+#[derive(Clone)]
+struct At<'a> {
+    yaml: Vec<Seg>,
+    node: &'a str,
+}
+
+impl<'a> At<'a> {
+    fn key(&self, k: &str) -> At<'a> {
+        let mut yaml = self.yaml.clone();
+        yaml.push(Seg::Key(k.to_string()));
+        At {
+            yaml,
+            node: self.node,
+        }
+    }
+    fn index(&self, i: usize) -> At<'a> {
+        let mut yaml = self.yaml.clone();
+        yaml.push(Seg::Index(i));
+        At {
+            yaml,
+            node: self.node,
+        }
+    }
+}
+
+impl Validator {
+    fn push(&mut self, pos: Option<Pos>, node: &str, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            pos,
+            node: node.to_string(),
+            message,
+        });
+    }
+
+    /// An error about a value, placed where the value is written.
+    fn bad_value(&mut self, at: &At, message: String) {
+        let pos = self.loc.value(&at.yaml).or_else(|| self.loc.key(&at.yaml));
+        self.push(pos, at.node, message);
+    }
+
+    /// An error about a key itself (unknown, misplaced), placed on the key.
+    fn bad_key(&mut self, at: &At, message: String) {
+        let pos = self.loc.key(&at.yaml).or_else(|| self.loc.value(&at.yaml));
+        self.push(pos, at.node, message);
+    }
+
+    fn root(&mut self, value: &Value) -> Option<(GroupSpec, Option<PathBuf>)> {
+        let at = At {
+            yaml: vec![],
+            node: "",
+        };
+        let Some(map) = value.as_mapping() else {
+            self.bad_value(
+                &at,
+                "the document must be a mapping with `children` (the root group)".into(),
+            );
+            return None;
+        };
+        let has = |k: &str| map.contains_key(k);
+        if has("command") || has("shell") {
+            self.bad_value(
+                &at,
+                "the document is the root group: put workers under `children`".into(),
+            );
+        }
+        let mut control_socket = None;
+        if let Some(v) = map.get("control_socket") {
+            control_socket = self.string(v, &at.key("control_socket")).map(PathBuf::from);
+        }
+        if map.contains_key("depends_on") {
+            self.bad_key(
+                &at.key("depends_on"),
+                "the root group has no siblings to depend on".into(),
+            );
+        }
+        let group = self.group(map, &at, "", DEFAULT_ROOT_SHUTDOWN_TIMEOUT, true);
+        group.map(|g| (g, control_socket))
+    }
+
+    fn check_keys(&mut self, map: &Mapping, at: &At, is_group: bool, is_root: bool) {
+        let (own, other, kind, other_kind) = if is_group {
+            (GROUP_KEYS, WORKER_KEYS, "group", "worker")
+        } else {
+            (WORKER_KEYS, GROUP_KEYS, "worker", "group")
+        };
+        for key in map.keys() {
+            let Some(k) = key.as_str() else {
+                self.bad_value(at, format!("keys must be strings, found {}", kind_of(key)));
+                continue;
+            };
+            let kat = at.key(k);
+            if own.contains(&k) || (is_root && ROOT_ONLY_KEYS.contains(&k)) {
+                continue;
+            }
+            if ROOT_ONLY_KEYS.contains(&k) {
+                self.bad_key(&kat, format!("'{k}' is only allowed at the top of the file"));
+            } else if other.contains(&k) {
+                self.bad_key(
+                    &kat,
+                    format!("'{k}' is a {other_kind} key, but this node is a {kind}"),
+                );
+            } else {
+                let mut candidates: Vec<&str> = own.to_vec();
+                if is_root {
+                    candidates.extend(ROOT_ONLY_KEYS);
+                }
+                let hint = candidates
+                    .iter()
+                    .map(|c| (strsim::damerau_levenshtein(k, c), *c))
+                    .filter(|(d, _)| *d <= 3)
+                    .min()
+                    .map(|(_, c)| format!(" (did you mean '{c}'?)"))
+                    .unwrap_or_default();
+                self.bad_key(&kat, format!("unknown key '{k}'{hint}"));
+            }
+        }
+    }
+
+    fn group(
+        &mut self,
+        map: &Mapping,
+        at: &At,
+        path: &str,
+        inherited_timeout: Duration,
+        is_root: bool,
+    ) -> Option<GroupSpec> {
+        self.check_keys(map, at, true, is_root);
+        let strategy = self
+            .choice(
+                map,
+                at,
+                "strategy",
+                &[
+                    ("one_for_one", Strategy::OneForOne),
+                    ("one_for_all", Strategy::OneForAll),
+                    ("rest_for_one", Strategy::RestForOne),
+                ],
+            )
+            .unwrap_or(Strategy::OneForOne);
+        let stop_order = self
+            .choice(
+                map,
+                at,
+                "stop_order",
+                &[("reverse", StopOrder::Reverse), ("parallel", StopOrder::Parallel)],
+            )
+            .unwrap_or(StopOrder::Reverse);
+        let max_restarts = map
+            .get("max_restarts")
+            .and_then(|v| self.count(v, &at.key("max_restarts"), 0))
+            .map(|n| n as u32)
+            .unwrap_or(DEFAULT_MAX_RESTARTS);
+        let restart_window = self
+            .duration_key(map, at, "restart_window", false)
+            .unwrap_or(DEFAULT_RESTART_WINDOW);
+        let shutdown_timeout = self
+            .duration_key(map, at, "shutdown_timeout", true)
+            .unwrap_or(inherited_timeout);
+        let start_concurrency = map
+            .get("start_concurrency")
+            .and_then(|v| self.count(v, &at.key("start_concurrency"), 1))
+            .map(|n| n as usize);
+
+        let children_at = at.key("children");
+        let children = match map.get("children") {
+            None => {
+                self.bad_value(at, "a group needs `children`".into());
+                return None;
+            }
+            Some(Value::Mapping(m)) => m,
+            Some(Value::Null) => {
+                self.bad_value(&children_at, "`children` is empty".into());
+                return None;
+            }
+            Some(other) => {
+                self.bad_value(
+                    &children_at,
+                    format!(
+                        "`children` must be a mapping of name to node, found {}",
+                        kind_of(other)
+                    ),
+                );
+                return None;
+            }
+        };
+        if children.is_empty() {
+            self.bad_value(&children_at, "`children` is empty".into());
+        }
+        let mut nodes = Vec::new();
+        let mut complete = true;
+        for (key, value) in children {
+            let Some(name) = key.as_str() else {
+                self.bad_value(
+                    &children_at,
+                    format!("child names must be strings, found {}", kind_of(key)),
+                );
+                complete = false;
+                continue;
+            };
+            let child_path = join_path(path, name);
+            let child_at = At {
+                yaml: children_at.key(name).yaml,
+                node: &child_path,
+            };
+            if !valid_name(name) {
+                self.bad_key(
+                    &child_at,
+                    format!("invalid name '{name}': names match [A-Za-z0-9_.-]+"),
+                );
+            }
+            match self.node(name, value, &child_at, &child_path, shutdown_timeout) {
+                Some(n) => nodes.push(n),
+                None => complete = false,
+            }
+        }
+        self.check_dependencies(&nodes, &children_at, path);
+        complete.then_some(GroupSpec {
+            children: nodes,
+            strategy,
+            max_restarts,
+            restart_window,
+            shutdown_timeout,
+            stop_order,
+            start_concurrency,
+        })
+    }
+
+    fn node(
+        &mut self,
+        name: &str,
+        value: &Value,
+        at: &At,
+        path: &str,
+        inherited_timeout: Duration,
+    ) -> Option<NodeSpec> {
+        let Some(map) = value.as_mapping() else {
+            self.bad_value(
+                at,
+                format!(
+                    "a node must be a mapping with `command`, `shell` or `children`, found {}",
+                    kind_of(value)
+                ),
+            );
+            return None;
+        };
+        let depends_on = match map.get("depends_on") {
+            Some(v) => self.string_list(v, &at.key("depends_on"), true)?,
+            None => vec![],
+        };
+        let is_group = map.contains_key("children");
+        let is_worker = map.contains_key("command") || map.contains_key("shell");
+        let kind = if is_group && is_worker {
+            self.bad_value(
+                at,
+                "a node has exactly one of `command`, `shell` or `children`".into(),
+            );
+            return None;
+        } else if is_group {
+            NodeKind::Group(self.group(map, at, path, inherited_timeout, false)?)
+        } else if is_worker {
+            NodeKind::Worker(self.worker(map, at)?)
+        } else {
+            self.bad_value(
+                at,
+                "a node needs `command` or `shell` (a worker) or `children` (a group)".into(),
+            );
+            return None;
+        };
+        Some(NodeSpec {
+            name: name.to_string(),
+            depends_on,
+            kind,
+        })
+    }
+
+    fn worker(&mut self, map: &Mapping, at: &At) -> Option<WorkerSpec> {
+        self.check_keys(map, at, false, false);
+        let errors_before = self.errors.len();
+        let program = match (map.get("command"), map.get("shell")) {
+            (Some(_), Some(_)) => {
+                self.bad_key(
+                    &at.key("shell"),
+                    "a worker has exactly one of `command` and `shell`".into(),
+                );
+                None
+            }
+            (Some(c), None) => self
+                .string_list(c, &at.key("command"), false)
+                .map(Program::Command),
+            (None, Some(s)) => {
+                let sat = at.key("shell");
+                match self.string(s, &sat) {
+                    Some(script) if script.trim().is_empty() => {
+                        self.bad_value(&sat, "`shell` is empty".into());
+                        None
+                    }
+                    other => other.map(Program::Shell),
+                }
+            }
+            (None, None) => None,
+        };
+        let env = self.env(map, at);
+        let cwd = map
+            .get("cwd")
+            .and_then(|v| self.string(v, &at.key("cwd")))
+            .map(PathBuf::from);
+        let user = map.get("user").and_then(|v| self.user(v, &at.key("user")));
+        let group = map.get("group").and_then(|v| self.group_id(v, &at.key("group")));
+        let replicas = map
+            .get("replicas")
+            .and_then(|v| self.count(v, &at.key("replicas"), 1))
+            .map(|n| {
+                if n > MAX_REPLICAS {
+                    self.bad_value(
+                        &at.key("replicas"),
+                        format!("replicas must be at most {MAX_REPLICAS}"),
+                    );
+                }
+                n as u32
+            })
+            .unwrap_or(1);
+        let restart = self
+            .choice(
+                map,
+                at,
+                "restart",
+                &[
+                    ("always", RestartPolicy::Always),
+                    ("on-failure", RestartPolicy::OnFailure),
+                    ("never", RestartPolicy::Never),
+                ],
+            )
+            .unwrap_or(RestartPolicy::OnFailure);
+        let backoff = map
+            .get("backoff")
+            .and_then(|v| self.backoff(v, &at.key("backoff")))
+            .unwrap_or_default();
+        let stop_signal = map
+            .get("stop_signal")
+            .and_then(|v| self.signal(v, &at.key("stop_signal")))
+            .unwrap_or(Signal::SIGTERM);
+        let stop_timeout = self
+            .duration_key(map, at, "stop_timeout", false)
+            .unwrap_or(DEFAULT_STOP_TIMEOUT);
+        let pre_stop = map
+            .get("pre_stop")
+            .and_then(|v| self.string_list(v, &at.key("pre_stop"), false));
+        let ready = map
+            .get("ready")
+            .and_then(|v| self.ready(v, &at.key("ready")));
+        let watchdog = self.duration_key(map, at, "watchdog", true);
+        if watchdog.is_some() {
+            self.bad_key(
+                &at.key("watchdog"),
+                "`watchdog` is not supported yet (it needs the sd_notify listener)".into(),
+            );
+        }
+        let critical = map
+            .get("critical")
+            .and_then(|v| self.boolean(v, &at.key("critical")))
+            .unwrap_or(false);
+        let logs = self
+            .choice(
+                map,
+                at,
+                "logs",
+                &[("capture", LogMode::Capture), ("inherit", LogMode::Inherit)],
+            )
+            .unwrap_or(LogMode::Capture);
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        Some(WorkerSpec {
+            program: program?,
+            env,
+            cwd,
+            user,
+            group,
+            replicas,
+            restart,
+            backoff,
+            stop_signal,
+            stop_timeout,
+            pre_stop,
+            ready,
+            watchdog,
+            critical,
+            logs,
+        })
+    }
+
+    fn check_dependencies(&mut self, nodes: &[NodeSpec], children_at: &At, group_path: &str) {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        let mut all_known = true;
+        for node in nodes {
+            let path = join_path(group_path, &node.name);
+            let dat = At {
+                yaml: children_at.key(&node.name).key("depends_on").yaml,
+                node: &path,
+            };
+            for (i, dep) in node.depends_on.iter().enumerate() {
+                if dep == &node.name {
+                    self.bad_value(&dat.index(i), "a node cannot depend on itself".into());
+                    all_known = false;
+                } else if !names.contains(&dep.as_str()) {
+                    self.bad_value(
+                        &dat.index(i),
+                        format!(
+                            "depends on '{dep}', which is not a sibling (siblings: {})",
+                            names.join(", ")
+                        ),
+                    );
+                    all_known = false;
+                }
+            }
+        }
+        if !all_known {
+            return;
+        }
+        if let Some(cycle) = crate::plan::find_cycle(nodes) {
+            let first = &nodes[cycle[0]];
+            let path = join_path(group_path, &first.name);
+            let at = At {
+                yaml: children_at.key(&first.name).key("depends_on").yaml,
+                node: &path,
+            };
+            let mut names: Vec<&str> = cycle.iter().map(|&i| nodes[i].name.as_str()).collect();
+            names.push(&first.name);
+            self.bad_value(
+                &at,
+                format!("dependency cycle: {}", names.join(" -> ")),
+            );
+        }
+    }
+
+    // ---- typed getters: each reports its own error and returns None on failure ----
+
+    fn string(&mut self, v: &Value, at: &At) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            other => {
+                self.bad_value(at, format!("expected a string, found {}", kind_of(other)));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Value, at: &At) -> Option<bool> {
+        match v {
+            Value::Bool(b) => Some(*b),
+            other => {
+                self.bad_value(
+                    at,
+                    format!("expected true or false, found {}", kind_of(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// A whole number no smaller than `min`.
+    fn count(&mut self, v: &Value, at: &At, min: u64) -> Option<u64> {
+        match v.as_u64() {
+            Some(n) if n >= min && n <= u32::MAX as u64 => Some(n),
+            _ => {
+                self.bad_value(
+                    at,
+                    format!("expected a whole number >= {min}, found {}", show(v)),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Value, at: &At, nonzero: bool) -> Option<Duration> {
+        let Value::String(s) = v else {
+            self.bad_value(
+                at,
+                format!(
+                    "expected a duration such as 250ms, 10s or 1m30s, found {}",
+                    show(v)
+                ),
+            );
+            return None;
+        };
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if nonzero && d.is_zero() => {
+                self.bad_value(at, "the duration must be greater than zero".into());
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.bad_value(
+                    at,
+                    format!("invalid duration '{s}': {e} (use e.g. 250ms, 10s, 1m30s)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration_key(&mut self, map: &Mapping, at: &At, key: &str, nonzero: bool) -> Option<Duration> {
+        let v = map.get(key)?;
+        self.duration(v, &at.key(key), nonzero)
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        map: &Mapping,
+        at: &At,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let v = map.get(key)?;
+        let kat = at.key(key);
+        let s = self.string(v, &kat)?;
+        let found = options.iter().find(|(name, _)| *name == s).map(|(_, t)| *t);
+        if found.is_none() {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            self.bad_value(
+                &kat,
+                format!("invalid {key} '{s}': expected one of {}", names.join(", ")),
+            );
+        }
+        found
+    }
+
+    /// A list of strings; an argv when `allow_empty` is false.
+    fn string_list(&mut self, v: &Value, at: &At, allow_empty: bool) -> Option<Vec<String>> {
+        let Value::Sequence(items) = v else {
+            self.bad_value(
+                at,
+                format!("expected a list of strings, found {}", kind_of(v)),
+            );
+            return None;
+        };
+        if items.is_empty() && !allow_empty {
+            self.bad_value(at, "the list is empty: it needs at least a program".into());
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Value::String(s) => out.push(s.clone()),
+                // argv words like 8080 or true are meant as text.
+                Value::Number(n) if !allow_empty => out.push(n.to_string()),
+                Value::Bool(b) if !allow_empty => out.push(b.to_string()),
+                other => {
+                    self.bad_value(
+                        &at.index(i),
+                        format!("expected a string, found {}", kind_of(other)),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn env(&mut self, map: &Mapping, at: &At) -> Vec<(String, String)> {
+        let Some(v) = map.get("env") else {
+            return vec![];
+        };
+        let eat = at.key("env");
+        let Value::Mapping(m) = v else {
+            self.bad_value(
+                &eat,
+                format!("`env` must be a mapping of NAME: value, found {}", kind_of(v)),
+            );
+            return vec![];
+        };
+        let mut out = Vec::new();
+        for (k, val) in m {
+            let Some(name) = k.as_str() else {
+                self.bad_value(&eat, format!("env names must be strings, found {}", show(k)));
+                continue;
+            };
+            let vat = eat.key(name);
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                self.bad_key(&vat, format!("invalid environment variable name '{name}'"));
+                continue;
+            }
+            let text = match val {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                other => {
+                    self.bad_value(
+                        &vat,
+                        format!("expected a string, number or boolean, found {}", kind_of(other)),
+                    );
+                    continue;
+                }
+            };
+            if text.contains('\0') {
+                self.bad_value(&vat, "environment values cannot contain NUL".into());
+                continue;
+            }
+            out.push((name.to_string(), text));
+        }
+        out
+    }
+
+    fn signal(&mut self, v: &Value, at: &At) -> Option<Signal> {
+        let s = self.string(v, at)?;
+        let upper = s.trim().to_ascii_uppercase();
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        match Signal::from_str(&full) {
+            Ok(sig) => Some(sig),
+            Err(_) => {
+                self.bad_value(
+                    at,
+                    format!("unknown signal '{s}' (use a name such as SIGTERM, SIGINT, SIGQUIT)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn user(&mut self, v: &Value, at: &At) -> Option<Identity<Uid>> {
+        let name = scalar_text(v);
+        let Some(name) = name else {
+            self.bad_value(at, format!("expected a user name or uid, found {}", kind_of(v)));
+            return None;
+        };
+        let found = match name.parse::<u32>() {
+            Ok(n) => Ok(Some(Uid::from_raw(n))),
+            Err(_) => User::from_name(&name).map(|u| u.map(|u| u.uid)),
+        };
+        match found {
+            Ok(Some(id)) => Some(Identity { name, id }),
+            Ok(None) => {
+                self.bad_value(at, format!("no such user '{name}'"));
+                None
+            }
+            Err(e) => {
+                self.bad_value(at, format!("cannot look up user '{name}': {e}"));
+                None
+            }
+        }
+    }
+
+    fn group_id(&mut self, v: &Value, at: &At) -> Option<Identity<Gid>> {
+        let Some(name) = scalar_text(v) else {
+            self.bad_value(at, format!("expected a group name or gid, found {}", kind_of(v)));
+            return None;
+        };
+        let found = match name.parse::<u32>() {
+            Ok(n) => Ok(Some(Gid::from_raw(n))),
+            Err(_) => Group::from_name(&name).map(|g| g.map(|g| g.gid)),
+        };
+        match found {
+            Ok(Some(id)) => Some(Identity { name, id }),
+            Ok(None) => {
+                self.bad_value(at, format!("no such group '{name}'"));
+                None
+            }
+            Err(e) => {
+                self.bad_value(at, format!("cannot look up group '{name}': {e}"));
+                None
+            }
+        }
+    }
+
+    fn backoff(&mut self, v: &Value, at: &At) -> Option<Backoff> {
+        let Value::Mapping(m) = v else {
+            self.bad_value(
+                at,
+                format!(
+                    "`backoff` must be a mapping {{initial, max, factor, jitter}}, found {}",
+                    kind_of(v)
+                ),
+            );
+            return None;
+        };
+        self.only_keys(m, at, &["initial", "max", "factor", "jitter"]);
+        let mut b = Backoff::default();
+        if let Some(d) = self.duration_key(m, at, "initial", false) {
+            b.initial = d;
+        }
+        if let Some(d) = self.duration_key(m, at, "max", false) {
+            b.max = d;
+        }
+        if let Some(f) = m.get("factor") {
+            match f.as_f64() {
+                Some(x) if (1.0..=100.0).contains(&x) => b.factor = x,
+                _ => self.bad_value(
+                    &at.key("factor"),
+                    format!("factor must be a number from 1 to 100, found {}", show(f)),
+                ),
+            }
+        }
+        if let Some(j) = m.get("jitter") {
+            match j.as_f64() {
+                Some(x) if (0.0..=1.0).contains(&x) => b.jitter = x,
+                _ => self.bad_value(
+                    &at.key("jitter"),
+                    format!("jitter must be a number from 0 to 1, found {}", show(j)),
+                ),
+            }
+        }
+        if b.initial > b.max {
+            self.bad_value(at, "backoff `initial` is larger than `max`".into());
+        }
+        Some(b)
+    }
+
+    fn ready(&mut self, v: &Value, at: &At) -> Option<ReadySpec> {
+        let Value::Mapping(m) = v else {
+            self.bad_value(
+                at,
+                format!(
+                    "`ready` must be a mapping such as {{tcp: \"127.0.0.1:5432\"}}, found {}",
+                    kind_of(v)
+                ),
+            );
+            return None;
+        };
+        self.only_keys(m, at, &["tcp", "exec", "http", "notify", "interval", "timeout"]);
+        let kinds: Vec<&str> = ["tcp", "exec", "http", "notify"]
+            .into_iter()
+            .filter(|k| m.contains_key(*k))
+            .collect();
+        if kinds.len() != 1 {
+            self.bad_value(
+                at,
+                format!(
+                    "`ready` needs exactly one of tcp, exec, http, notify (found {})",
+                    if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") }
+                ),
+            );
+            return None;
+        }
+        let kind = kinds[0];
+        let kat = at.key(kind);
+        let value = &m[kind];
+        let check = match kind {
+            "tcp" => {
+                let addr = self.string(value, &kat)?;
+                let port_ok = addr
+                    .rsplit_once(':')
+                    .map(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                    .unwrap_or(false);
+                if !port_ok {
+                    self.bad_value(&kat, format!("invalid address '{addr}': expected host:port"));
+                    return None;
+                }
+                ReadyCheck::Tcp(addr)
+            }
+            "exec" => ReadyCheck::Exec(self.string_list(value, &kat, false)?),
+            "http" => ReadyCheck::Http(self.string(value, &kat)?),
+            _ => ReadyCheck::Notify,
+        };
+        if matches!(check, ReadyCheck::Http(_) | ReadyCheck::Notify) {
+            let what = if kind == "http" { "{http: ...}" } else { "{notify: true}" };
+            self.bad_key(
+                &kat,
+                format!("`ready: {what}` is not supported yet (it arrives with the sd_notify and HTTP probes)"),
+            );
+            return None;
+        }
+        let interval = self
+            .duration_key(m, at, "interval", true)
+            .unwrap_or(DEFAULT_READY_INTERVAL);
+        let timeout = self
+            .duration_key(m, at, "timeout", true)
+            .unwrap_or(DEFAULT_READY_TIMEOUT);
+        Some(ReadySpec {
+            check,
+            interval,
+            timeout,
+        })
+    }
+
+    fn only_keys(&mut self, m: &Mapping, at: &At, allowed: &[&str]) {
+        for key in m.keys() {
+            match key.as_str() {
+                Some(k) if allowed.contains(&k) => {}
+                Some(k) => {
+                    let hint = allowed
+                        .iter()
+                        .map(|c| (strsim::damerau_levenshtein(k, c), *c))
+                        .filter(|(d, _)| *d <= 2)
+                        .min()
+                        .map(|(_, c)| format!(" (did you mean '{c}'?)"))
+                        .unwrap_or_default();
+                    self.bad_key(
+                        &at.key(k),
+                        format!(
+                            "unknown key '{k}'{hint}; expected one of {}",
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+                None => self.bad_value(at, format!("keys must be strings, found {}", show(key))),
+            }
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// A short rendering of a scalar for messages; containers are named by kind.
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("'{s}'"),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => kind_of(other).to_string(),
+    }
+}

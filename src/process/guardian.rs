@@ -1,0 +1,100 @@
+//! The guardian: a tiny helper process (arborist re-executed as `arborist __guardian`) that
+//! holds the list of live worker process groups. PR_SET_PDEATHSIG kills a worker's leader
+//! when arborist dies, but not the leader's own children; if arborist is SIGKILLed, the
+//! guardian sees its pipe close and SIGKILLs every group still listed, so no grandchild
+//! outlives arborist either. On a normal exit the list is empty and the guardian just leaves.
+
+use std::io::{BufRead, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+
+use nix::sys::signal::{killpg, signal, SigHandler, Signal};
+use nix::unistd::Pid;
+
+struct Guardian {
+    child: Child,
+    pipe: ChildStdin,
+}
+
+static GUARDIAN: Mutex<Option<Guardian>> = Mutex::new(None);
+
+fn with_guardian(f: impl FnOnce(&mut Guardian)) {
+    let mut g = GUARDIAN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(guardian) = g.as_mut() {
+        f(guardian);
+    }
+}
+
+/// Starts the guardian. Failure is not fatal: workers' leaders still die by PDEATHSIG.
+pub fn start() -> std::io::Result<()> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("__guardian")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let pipe = child.stdin.take().ok_or_else(|| std::io::Error::other("no guardian pipe"))?;
+    *GUARDIAN.lock().unwrap_or_else(|p| p.into_inner()) = Some(Guardian { child, pipe });
+    Ok(())
+}
+
+pub fn pid() -> Option<i32> {
+    let mut pid = None;
+    with_guardian(|g| pid = Some(g.child.id() as i32));
+    pid
+}
+
+pub fn watch(pgid: i32) {
+    with_guardian(|g| {
+        let _ = writeln!(g.pipe, "+{pgid}");
+    });
+}
+
+pub fn forget(pgid: i32) {
+    with_guardian(|g| {
+        let _ = writeln!(g.pipe, "-{pgid}");
+    });
+}
+
+/// Closes the pipe (the guardian then exits) and reaps the guardian.
+pub fn stop() {
+    let taken = GUARDIAN.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(Guardian { mut child, pipe }) = taken {
+        drop(pipe);
+        let _ = child.wait();
+    }
+}
+
+/// The guardian's own main loop: runs in the helper process.
+pub fn run_guardian() -> ! {
+    // Terminal and service-manager signals are for arborist; the guardian only acts on EOF.
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        // SAFETY: setting SIG_IGN installs no handler code.
+        unsafe {
+            let _ = signal(sig, SigHandler::SigIgn);
+        }
+    }
+    let mut groups = std::collections::BTreeSet::new();
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let (op, num) = line.split_at(line.len().min(1));
+        let Ok(pgid) = num.parse::<i32>() else { continue };
+        match op {
+            "+" => {
+                groups.insert(pgid);
+            }
+            "-" => {
+                groups.remove(&pgid);
+            }
+            _ => {}
+        }
+    }
+    for pgid in groups {
+        if pgid > 1 {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+    std::process::exit(0)
+}

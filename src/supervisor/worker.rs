@@ -1,0 +1,341 @@
+//! One run of one worker replica: wait out the backoff, spawn, probe readiness, then either
+//! report the exit to the group or carry out the stop sequence the group asks for:
+//! `pre_stop`, `stop_signal` to the whole process group, wait until the group is empty or the
+//! deadline, SIGKILL, reap. A worker counts as stopped only when nothing of it is left.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::process::Child;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::probe::{self, ProbeEnv};
+use super::{answer_not_running, Ctx, Down, Link, Outcome};
+use crate::config::{LogMode, WorkerSpec};
+use crate::process::group::{group_alive, signal_group, wait_gone};
+use crate::process::spawn::{self, Launch, Output};
+use crate::process::registry;
+use crate::report::{millis, StopOutcome, StopRecord};
+
+/// How long to wait for a SIGKILLed group to disappear before giving up on it (a process in
+/// uninterruptible sleep can take a while; arborist must not hang on it).
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) struct WorkerRun {
+    pub spec: Arc<WorkerSpec>,
+    pub path: String,
+    pub replica: u32,
+    pub delay: Duration,
+    pub token: CancellationToken,
+    /// A `start_concurrency` permit, held until the worker is ready.
+    pub permit: Option<OwnedSemaphorePermit>,
+    pub link: Link,
+    pub down: mpsc::UnboundedReceiver<Down>,
+    pub ctx: Arc<Ctx>,
+}
+
+impl WorkerRun {
+    pub async fn run(mut self) {
+        if !self.delay.is_zero() {
+            let until = Instant::now() + self.delay;
+            // biased: a stop request wins over the end of the backoff.
+            tokio::select! {
+                biased;
+                cmd = self.down.recv() => {
+                    return answer_not_running(cmd, &mut self.down, &self.path, "worker").await;
+                }
+                _ = self.token.cancelled() => {}
+                _ = sleep_until(until) => {}
+            }
+        }
+        if self.token.is_cancelled() {
+            return answer_not_running(None, &mut self.down, &self.path, "worker").await;
+        }
+        let spec = Arc::clone(&self.spec);
+        let mut env = spec.env.clone();
+        env.push(("ARBORIST_PATH".into(), self.path.clone()));
+        env.push(("ARBORIST_REPLICA".into(), self.replica.to_string()));
+        let argv = spec.program.argv();
+        let launch = Launch {
+            argv: &argv,
+            env: &env,
+            cwd: spec.cwd.as_deref(),
+            uid: spec.user.as_ref().map(|u| u.id),
+            gid: spec.group.as_ref().map(|g| g.id),
+            output: match spec.logs {
+                LogMode::Capture => Output::Capture,
+                LogMode::Inherit => Output::Inherit,
+            },
+        };
+        let started = Instant::now();
+        let mut child = match spawn::spawn(&launch) {
+            Ok(child) => child,
+            Err(e) => {
+                warn!(path = %self.path, "spawn failed: {}: {e}", argv[0]);
+                self.link.ended(Outcome {
+                    failed: true,
+                    spawn_error: true,
+                    settled: false,
+                    ran_for: Duration::ZERO,
+                });
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0) as i32;
+        registry::add_group(pid);
+        info!(path = %self.path, pid, "started");
+        for (pipe, stream) in [
+            (child.stdout.take().map(either_out), "stdout"),
+            (child.stderr.take().map(either_err), "stderr"),
+        ] {
+            if let Some(pipe) = pipe {
+                self.ctx
+                    .tracker
+                    .spawn(crate::logs::capture(pipe, self.path.clone(), stream));
+            }
+        }
+
+        let mut ready = spec.ready.is_none();
+        if ready {
+            self.became_ready();
+        }
+        let probe_path = self.path.clone();
+        let probe_env = ProbeEnv {
+            path: &probe_path,
+            env: &env,
+            cwd: spec.cwd.as_deref(),
+        };
+        let probe = async {
+            match &spec.ready {
+                Some(r) => probe::wait_ready(r, &probe_env).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(probe);
+        let status = loop {
+            // biased: a stop request is served before an exit is reported or a probe runs.
+            tokio::select! {
+                biased;
+                cmd = self.down.recv() => {
+                    let deadline = match &cmd {
+                        Some(Down::Stop { deadline, .. }) => *deadline,
+                        None => Instant::now() + spec.stop_timeout,
+                    };
+                    let record = self.stop(&mut child, pid, deadline).await;
+                    if let Some(Down::Stop { reply, .. }) = cmd {
+                        let _ = reply.send(vec![record]);
+                    }
+                    return;
+                }
+                status = child.wait() => break status,
+                _ = &mut probe, if !ready => {
+                    ready = true;
+                    info!(path = %self.path, pid, "ready");
+                    self.became_ready();
+                }
+            }
+        };
+        spawn::release(pid);
+        let ran_for = started.elapsed();
+        let failed = !matches!(&status, Ok(s) if s.success());
+        let what = status
+            .as_ref()
+            .map(describe)
+            .unwrap_or_else(|e| format!("lost: {e}"));
+        if failed {
+            warn!(path = %self.path, pid, "exited: {what} after {}", secs(ran_for));
+        } else {
+            info!(path = %self.path, pid, "exited: {what} after {}", secs(ran_for));
+        }
+        // The leader is gone; whatever it left in its process group goes with it.
+        if group_alive(pid) {
+            let deadline = Instant::now() + spec.stop_timeout;
+            let (_, killed) = self.terminate_group(pid, deadline, None).await;
+            if killed {
+                warn!(path = %self.path, "leftover processes ignored {}; killed", spec.stop_signal);
+            }
+        }
+        registry::remove_group(pid);
+        self.link.ended(Outcome {
+            failed,
+            spawn_error: false,
+            settled: false,
+            ran_for,
+        });
+    }
+
+    fn became_ready(&mut self) {
+        self.permit.take();
+        self.link.ready();
+    }
+
+    /// The stop sequence, bounded by `min(deadline, now + stop_timeout)`.
+    async fn stop(&self, child: &mut Child, pid: i32, deadline: Instant) -> StopRecord {
+        let begin = Instant::now();
+        let dw = deadline.min(begin + self.spec.stop_timeout);
+        let mut signal = None;
+        if begin < dw {
+            if let Some(pre_stop) = self.spec.pre_stop.clone() {
+                self.run_pre_stop(&pre_stop, dw).await;
+            }
+            if Instant::now() < dw {
+                signal = Some(self.spec.stop_signal);
+            }
+        }
+        let (status, killed) = self.terminate_group(pid, dw, Some(child)).await;
+        if killed {
+            warn!(
+                path = %self.path, pid,
+                "did not stop within its {} deadline; SIGKILLed its process group",
+                secs(dw - begin)
+            );
+        }
+        registry::remove_group(pid);
+        StopRecord {
+            path: self.path.clone(),
+            kind: "worker",
+            pid: Some(pid as u32),
+            signal: signal.map(|s| s.as_str().to_string()),
+            deadline_ms: millis(dw.saturating_duration_since(begin)),
+            took_ms: millis(begin.elapsed()),
+            outcome: if killed {
+                StopOutcome::Killed
+            } else {
+                StopOutcome::Met
+            },
+            exit: status.as_ref().map(describe),
+        }
+    }
+
+    /// Sends the stop signal to the group (unless `until` already passed), waits until the
+    /// leader is reaped and the group is empty, and SIGKILLs the group at `until`.
+    /// Returns the leader's status (when `child` is given) and whether SIGKILL was needed.
+    async fn terminate_group(
+        &self,
+        pid: i32,
+        until: Instant,
+        mut child: Option<&mut Child>,
+    ) -> (Option<ExitStatus>, bool) {
+        let sig = self.spec.stop_signal;
+        if Instant::now() < until {
+            signal_group(pid, sig);
+            if sig != Signal::SIGKILL && sig != Signal::SIGCONT {
+                // A stopped process cannot act on the signal until it is continued.
+                signal_group(pid, Signal::SIGCONT);
+            }
+        }
+        let mut status = None;
+        if let Some(child) = child.as_deref_mut() {
+            status = tokio::select! {
+                s = child.wait() => s.ok(),
+                _ = sleep_until(until) => None,
+            };
+        }
+        let leader_done = child.is_none() || status.is_some();
+        let mut events = self.ctx.child_events.clone();
+        let gone = leader_done && wait_gone(|| group_alive(pid), until, &mut events).await;
+        if gone {
+            if status.is_some() {
+                spawn::release(pid);
+            }
+            return (status, false);
+        }
+        signal_group(pid, Signal::SIGKILL);
+        if let Some(child) = child {
+            if status.is_none() {
+                status = timeout(KILL_GRACE, child.wait()).await.ok().and_then(Result::ok);
+            }
+        }
+        spawn::release(pid);
+        if !wait_gone(|| group_alive(pid), Instant::now() + KILL_GRACE, &mut events).await {
+            warn!(path = %self.path, pid, "process group still present {} after SIGKILL", secs(KILL_GRACE));
+        }
+        (status, true)
+    }
+
+    async fn run_pre_stop(&self, argv: &[String], until: Instant) {
+        let mut env = self.spec.env.clone();
+        env.push(("ARBORIST_PATH".into(), self.path.clone()));
+        env.push(("ARBORIST_REPLICA".into(), self.replica.to_string()));
+        let launch = Launch {
+            argv,
+            env: &env,
+            cwd: self.spec.cwd.as_deref(),
+            uid: self.spec.user.as_ref().map(|u| u.id),
+            gid: self.spec.group.as_ref().map(|g| g.id),
+            output: match self.spec.logs {
+                LogMode::Capture => Output::Capture,
+                LogMode::Inherit => Output::Inherit,
+            },
+        };
+        let mut child = match spawn::spawn(&launch) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(path = %self.path, "pre_stop {}: cannot start: {e}", argv[0]);
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0) as i32;
+        let label = format!("{} (pre_stop)", self.path);
+        if let Some(out) = child.stdout.take() {
+            self.ctx.tracker.spawn(crate::logs::capture(out, label.clone(), "stdout"));
+        }
+        if let Some(err) = child.stderr.take() {
+            self.ctx.tracker.spawn(crate::logs::capture(err, label, "stderr"));
+        }
+        tokio::select! {
+            status = child.wait() => {
+                if let Ok(s) = status {
+                    if !s.success() {
+                        warn!(path = %self.path, "pre_stop {}: {}", argv[0], describe(&s));
+                    }
+                }
+            }
+            _ = sleep_until(until) => {
+                warn!(path = %self.path, "pre_stop {} still running at the deadline; killed", argv[0]);
+                signal_group(pid, Signal::SIGKILL);
+                let _ = child.wait().await;
+            }
+        }
+        signal_group(pid, Signal::SIGKILL);
+        spawn::release(pid);
+    }
+}
+
+/// "exit status 3", "signal SIGTERM".
+pub(crate) fn describe(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit status {code}")
+    } else if let Some(sig) = status.signal() {
+        match Signal::try_from(sig) {
+            Ok(s) => format!("signal {}", s.as_str()),
+            Err(_) => format!("signal {sig}"),
+        }
+    } else {
+        format!("{status}")
+    }
+}
+
+pub(crate) fn secs(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
+}
+
+type Pipe = tokio_util::either::Either<tokio::process::ChildStdout, tokio::process::ChildStderr>;
+
+fn either_out(p: tokio::process::ChildStdout) -> Pipe {
+    tokio_util::either::Either::Left(p)
+}
+
+fn either_err(p: tokio::process::ChildStderr) -> Pipe {
+    tokio_util::either::Either::Right(p)
+}
