@@ -3,7 +3,9 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::config::{GroupSpec, NodeKind, Program, ReadyCheck, StopOrder, Strategy, TreeSpec, WorkerSpec};
+use crate::config::{
+    GroupSpec, NodeKind, Program, ReadyCheck, StopOrder, Strategy, TreeSpec, WorkerSpec,
+};
 use crate::plan::{shutdown_plan, PlanNode};
 
 fn d(x: Duration) -> String {
@@ -116,10 +118,20 @@ fn children(out: &mut String, g: &GroupSpec, indent: &str) {
                 } else {
                     String::new()
                 };
-                let _ = writeln!(out, "{indent}{branch}{}{replicas}  worker  {}{deps}", c.name, worker_line(w));
+                let _ = writeln!(
+                    out,
+                    "{indent}{branch}{}{replicas}  worker  {}{deps}",
+                    c.name,
+                    worker_line(w)
+                );
             }
             NodeKind::Group(sub) => {
-                let _ = writeln!(out, "{indent}{branch}{}  group  {}{deps}", c.name, group_line(sub));
+                let _ = writeln!(
+                    out,
+                    "{indent}{branch}{}  group  {}{deps}",
+                    c.name,
+                    group_line(sub)
+                );
                 let next = format!("{indent}{}", if last { "   " } else { "│  " });
                 children(out, sub, &next);
             }
@@ -133,10 +145,19 @@ pub fn render_plan(tree: &TreeSpec) -> (String, Duration) {
     let mut out = String::new();
     let _ = writeln!(out, "\nshutdown plan (SIGTERM → every level stops its children in waves; deadline = min(own, parent's remaining)):");
     waves(&mut out, &plan);
-    let _ = writeln!(out, "\n{:<32} {:<7} {:>9} {:>10} {:>9} {:>9}", "node", "kind", "own", "effective", "starts", "worst");
+    let _ = writeln!(
+        out,
+        "\n{:<32} {:<7} {:>9} {:>10} {:>9} {:>9}",
+        "node", "kind", "own", "effective", "starts", "worst"
+    );
     table(&mut out, &plan);
     let total = plan.worst_total();
-    let _ = writeln!(out, "\nworst-case shutdown: {} (root deadline {})", d(total), d(plan.own_timeout));
+    let _ = writeln!(
+        out,
+        "\nworst-case shutdown: {} (root deadline {})",
+        d(total),
+        d(plan.own_timeout)
+    );
     (out, total)
 }
 
@@ -154,8 +175,17 @@ fn waves(out: &mut String, g: &PlanNode) {
     let _ = writeln!(out, "{}  deadline {}", label(g), d(g.effective));
     for (i, wave) in g.waves.iter().enumerate() {
         let names: Vec<String> = wave.iter().map(|&c| g.children[c].name.clone()).collect();
-        let at = wave.first().map(|&c| g.children[c].starts_at).unwrap_or_default();
-        let _ = writeln!(out, "  wave {} (at +{}): {}", i + 1, d(at), names.join(", "));
+        let at = wave
+            .first()
+            .map(|&c| g.children[c].starts_at)
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  wave {} (at +{}): {}",
+            i + 1,
+            d(at),
+            names.join(", ")
+        );
     }
     for c in &g.children {
         if c.is_group {

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::logs::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "arborist", version, about = "A service supervisor: runs a YAML task tree and shuts it down top-down, level by level, within per-level deadlines.")]
+#[command(
+    name = "arborist",
+    version,
+    about = "A service supervisor: runs a YAML task tree and shuts it down top-down, level by level, within per-level deadlines."
+)]
 pub struct Cli {
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value = "text")]

@@ -47,7 +47,11 @@ pub async fn capture(mut reader: impl AsyncRead + Unpin, path: String, stream: &
         };
         for part in chunk[..n].split_inclusive(|&b| b == b'\n') {
             let complete = part.last() == Some(&b'\n');
-            let body = if complete { &part[..part.len() - 1] } else { part };
+            let body = if complete {
+                &part[..part.len() - 1]
+            } else {
+                part
+            };
             let mut body = body;
             while line.len() + body.len() > MAX_LINE {
                 let take = MAX_LINE - line.len();

@@ -20,7 +20,10 @@ use supervisor::tree::RunOptions;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__guardian") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__guardian")
+    {
         process::guardian::run_guardian();
     }
     let cli = Cli::parse();
@@ -29,11 +32,18 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     match cli.command {
-        Command::Check { config, plan, budget } => check(&config, plan, budget),
+        Command::Check {
+            config,
+            plan,
+            budget,
+        } => check(&config, plan, budget),
         Command::Run {
             config,
             shutdown_report,
-        } => run(config.unwrap_or_else(cli::default_config), RunOptions { shutdown_report }),
+        } => run(
+            config.unwrap_or_else(cli::default_config),
+            RunOptions { shutdown_report },
+        ),
     }
 }
 
@@ -76,7 +86,10 @@ fn run(path: std::path::PathBuf, options: RunOptions) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("arborist: cannot start the runtime: {e}");

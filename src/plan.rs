@@ -7,16 +7,21 @@ use std::time::Duration;
 
 use crate::config::{join_path, GroupSpec, NodeKind, NodeSpec, StopOrder, TreeSpec};
 
-/// Indexes of `nodes` in a dependency cycle, if there is one (first found, in YAML order).
-/// Unknown dependency names are ignored here; validation reports them separately.
-pub fn find_cycle(nodes: &[NodeSpec]) -> Option<Vec<usize>> {
+/// Indexes of nodes in a dependency cycle, if there is one (first found, in YAML order),
+/// given for each node the indexes of the siblings it depends on.
+pub fn find_cycle(deps: &[Vec<usize>]) -> Option<Vec<usize>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
         Active,
         Done,
     }
-    fn visit(i: usize, deps: &[Vec<usize>], mark: &mut [Mark], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        i: usize,
+        deps: &[Vec<usize>],
+        mark: &mut [Mark],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         mark[i] = Mark::Active;
         stack.push(i);
         for &d in &deps[i] {
@@ -37,11 +42,10 @@ pub fn find_cycle(nodes: &[NodeSpec]) -> Option<Vec<usize>> {
         mark[i] = Mark::Done;
         None
     }
-    let deps = dependency_indexes(nodes);
-    let mut mark = vec![Mark::New; nodes.len()];
-    for i in 0..nodes.len() {
+    let mut mark = vec![Mark::New; deps.len()];
+    for i in 0..deps.len() {
         if mark[i] == Mark::New {
-            if let Some(c) = visit(i, &deps, &mut mark, &mut Vec::new()) {
+            if let Some(c) = visit(i, deps, &mut mark, &mut Vec::new()) {
                 return Some(c);
             }
         }
@@ -144,7 +148,14 @@ impl PlanNode {
 /// The shutdown plan of a whole tree.
 pub fn shutdown_plan(tree: &TreeSpec) -> PlanNode {
     let root = &tree.root;
-    plan_group("", "", root, root.shutdown_timeout, root.shutdown_timeout, Duration::ZERO)
+    plan_group(
+        "",
+        "",
+        root,
+        root.shutdown_timeout,
+        root.shutdown_timeout,
+        Duration::ZERO,
+    )
 }
 
 fn plan_group(
@@ -164,7 +175,13 @@ fn plan_group(
         let remaining = level.saturating_sub(elapsed);
         let mut longest = Duration::ZERO;
         for &i in wave {
-            let child = plan_node(&group.children[i], path, effective, remaining, starts_at + elapsed);
+            let child = plan_node(
+                &group.children[i],
+                path,
+                effective,
+                remaining,
+                starts_at + elapsed,
+            );
             longest = longest.max(child.worst);
             children[i] = Some(child);
         }
@@ -212,14 +229,16 @@ fn plan_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::*;
+    use crate::config::{
+        Backoff, LogMode, Program, RestartPolicy, Strategy as RestartStrategy, WorkerSpec,
+    };
     use proptest::prelude::*;
 
     fn worker(name: &str, deps: &[&str], stop: u64) -> NodeSpec {
         NodeSpec {
             name: name.into(),
             depends_on: deps.iter().map(|s| s.to_string()).collect(),
-            kind: NodeKind::Worker(WorkerSpec {
+            kind: NodeKind::Worker(Box::new(WorkerSpec {
                 program: Program::Command(vec!["true".into()]),
                 env: vec![],
                 cwd: None,
@@ -235,7 +254,7 @@ mod tests {
                 watchdog: None,
                 critical: false,
                 logs: LogMode::Capture,
-            }),
+            })),
         }
     }
 
@@ -250,7 +269,7 @@ mod tests {
     fn group_spec(timeout: u64, children: Vec<NodeSpec>) -> GroupSpec {
         GroupSpec {
             children,
-            strategy: Strategy::OneForOne,
+            strategy: RestartStrategy::OneForOne,
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(timeout),
@@ -276,28 +295,51 @@ mod tests {
             worker("web", &["api"], 10),
             worker("metrics", &[], 10),
         ];
-        assert_eq!(stop_waves(&nodes, StopOrder::Reverse), vec![vec![3, 4], vec![2], vec![0, 1]]);
-        assert_eq!(stop_waves(&nodes, StopOrder::Parallel), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(
+            stop_waves(&nodes, StopOrder::Reverse),
+            vec![vec![3, 4], vec![2], vec![0, 1]]
+        );
+        assert_eq!(
+            stop_waves(&nodes, StopOrder::Parallel),
+            vec![vec![0, 1, 2, 3, 4]]
+        );
     }
 
     #[test]
     fn start_order_respects_dependencies_and_yaml_order() {
-        let nodes = vec![worker("web", &["api"], 1), worker("api", &[], 1), worker("x", &[], 1)];
+        let nodes = vec![
+            worker("web", &["api"], 1),
+            worker("api", &[], 1),
+            worker("x", &[], 1),
+        ];
         assert_eq!(start_order(&nodes), vec![1, 0, 2]);
     }
 
     #[test]
     fn finds_cycles() {
-        let nodes = vec![worker("a", &["c"], 1), worker("b", &["a"], 1), worker("c", &["b"], 1)];
-        assert_eq!(find_cycle(&nodes).map(|c| c.len()), Some(3));
+        let nodes = vec![
+            worker("a", &["c"], 1),
+            worker("b", &["a"], 1),
+            worker("c", &["b"], 1),
+        ];
+        assert_eq!(
+            find_cycle(&dependency_indexes(&nodes)).map(|c| c.len()),
+            Some(3)
+        );
         let ok = vec![worker("a", &[], 1), worker("b", &["a"], 1)];
-        assert_eq!(find_cycle(&ok), None);
+        assert_eq!(find_cycle(&dependency_indexes(&ok)), None);
     }
 
     #[test]
     fn deadline_is_min_of_own_and_parent_remaining() {
-        assert_eq!(effective_deadline(Duration::from_secs(20), Duration::from_secs(15)), Duration::from_secs(15));
-        assert_eq!(effective_deadline(Duration::from_secs(5), Duration::from_secs(15)), Duration::from_secs(5));
+        assert_eq!(
+            effective_deadline(Duration::from_secs(20), Duration::from_secs(15)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            effective_deadline(Duration::from_secs(5), Duration::from_secs(15)),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
@@ -305,7 +347,11 @@ mod tests {
         // web (3s) stops first, then api (5s), then db (20s): 28s, capped by root's 25s.
         let t = tree(
             25,
-            vec![worker("db", &[], 20), worker("api", &["db"], 5), worker("web", &["api"], 3)],
+            vec![
+                worker("db", &[], 20),
+                worker("api", &["db"], 5),
+                worker("web", &["api"], 3),
+            ],
         );
         let plan = shutdown_plan(&t);
         assert_eq!(plan.worst_total(), Duration::from_secs(25));
@@ -319,14 +365,18 @@ mod tests {
     fn nested_group_is_bounded_by_its_own_timeout() {
         let t = tree(
             30,
-            vec![group("backend", &[], 4, vec![worker("api", &[], 10)]), worker("db", &["backend"], 2)],
+            vec![
+                group("backend", &[], 4, vec![worker("api", &[], 10)]),
+                worker("db", &["backend"], 2),
+            ],
         );
         let plan = shutdown_plan(&t);
         let backend = &plan.children[0];
         assert_eq!(backend.effective, Duration::from_secs(4));
         assert_eq!(backend.children[0].effective, Duration::from_secs(4));
-        // backend is the only dependent-free node: wave 1 is backend (4s), wave 2 is db.
-        assert_eq!(plan.waves, vec![vec![0], vec![1]]);
+        // db depends on backend, so db stops first (2s), then backend (4s).
+        assert_eq!(plan.waves, vec![vec![1], vec![0]]);
+        assert_eq!(backend.starts_at, Duration::from_secs(2));
         assert_eq!(plan.worst_total(), Duration::from_secs(6));
     }
 
@@ -334,38 +384,50 @@ mod tests {
     /// cycle; names are shuffled into YAML order by `perm` so order is not a hint.
     fn arb_nodes(depth: u32) -> impl Strategy<Value = Vec<NodeSpec>> {
         let leaf = (1u64..30, proptest::collection::vec(any::<bool>(), 0..8));
-        proptest::collection::vec((leaf, any::<bool>(), 1u64..40), 1..8).prop_flat_map(move |specs| {
-            let n = specs.len();
-            let subgroups: Vec<_> = (0..n)
-                .map(|_| if depth > 0 { arb_nodes(depth - 1).boxed() } else { Just(vec![]).boxed() })
-                .collect();
-            (Just(specs), subgroups)
-        })
-        .prop_map(|(specs, subs)| {
-            specs
-                .into_iter()
-                .zip(subs)
-                .enumerate()
-                .map(|(i, (((stop, dep_bits), is_group, timeout), sub))| {
-                    let deps: Vec<String> = (0..i)
-                        .filter(|j| dep_bits.get(*j).copied().unwrap_or(false))
-                        .map(|j| format!("n{j}"))
-                        .collect();
-                    let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
-                    let name = format!("n{i}");
-                    if is_group && !sub.is_empty() {
-                        group(&name, &deps, timeout, sub)
-                    } else {
-                        worker(&name, &deps, stop)
-                    }
-                })
-                .collect()
-        })
+        proptest::collection::vec((leaf, any::<bool>(), 1u64..40), 1..8)
+            .prop_flat_map(move |specs| {
+                let n = specs.len();
+                let subgroups: Vec<_> = (0..n)
+                    .map(|_| {
+                        if depth > 0 {
+                            arb_nodes(depth - 1).boxed()
+                        } else {
+                            Just(vec![]).boxed()
+                        }
+                    })
+                    .collect();
+                (Just(specs), subgroups)
+            })
+            .prop_map(|(specs, subs)| {
+                specs
+                    .into_iter()
+                    .zip(subs)
+                    .enumerate()
+                    .map(|(i, (((stop, dep_bits), is_group, timeout), sub))| {
+                        let deps: Vec<String> = (0..i)
+                            .filter(|j| dep_bits.get(*j).copied().unwrap_or(false))
+                            .map(|j| format!("n{j}"))
+                            .collect();
+                        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+                        let name = format!("n{i}");
+                        if is_group && !sub.is_empty() {
+                            group(&name, &deps, timeout, sub)
+                        } else {
+                            worker(&name, &deps, stop)
+                        }
+                    })
+                    .collect()
+            })
     }
 
     fn check_plan(node: &PlanNode, spec: Option<&GroupSpec>) {
         for child in &node.children {
-            assert!(child.effective <= node.effective, "{} exceeds {}", child.path, node.path);
+            assert!(
+                child.effective <= node.effective,
+                "{} exceeds {}",
+                child.path,
+                node.path
+            );
             assert!(child.starts_at + child.worst <= node.starts_at + node.worst.max(child.worst));
         }
         if let Some(g) = spec {
@@ -373,7 +435,12 @@ mod tests {
             for (i, n) in g.children.iter().enumerate() {
                 for dep in &n.depends_on {
                     let d = g.children.iter().position(|m| &m.name == dep).unwrap();
-                    assert!(wave_of(i) < wave_of(d), "{} must stop before {}", n.name, dep);
+                    assert!(
+                        wave_of(i) < wave_of(d),
+                        "{} must stop before {}",
+                        n.name,
+                        dep
+                    );
                 }
             }
             for (child, node) in node.children.iter().zip(&g.children) {

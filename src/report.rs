@@ -51,7 +51,12 @@ pub fn millis(d: Duration) -> u64 {
 }
 
 impl ShutdownReport {
-    pub fn new(reason: String, total: Duration, deadline: Duration, nodes: Vec<StopRecord>) -> Self {
+    pub fn new(
+        reason: String,
+        total: Duration,
+        deadline: Duration,
+        nodes: Vec<StopRecord>,
+    ) -> Self {
         let workers: Vec<&StopRecord> = nodes.iter().filter(|n| n.kind == "worker").collect();
         let count = |o: StopOutcome| workers.iter().filter(|n| n.outcome == o).count();
         ShutdownReport {

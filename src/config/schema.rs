@@ -29,7 +29,7 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeKind {
     Group(GroupSpec),
-    Worker(WorkerSpec),
+    Worker(Box<WorkerSpec>),
 }
 
 #[derive(Debug, Clone, PartialEq)]

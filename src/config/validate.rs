@@ -188,7 +188,10 @@ impl Validator {
                 continue;
             }
             if ROOT_ONLY_KEYS.contains(&k) {
-                self.bad_key(&kat, format!("'{k}' is only allowed at the top of the file"));
+                self.bad_key(
+                    &kat,
+                    format!("'{k}' is only allowed at the top of the file"),
+                );
             } else if other.contains(&k) {
                 self.bad_key(
                     &kat,
@@ -237,7 +240,10 @@ impl Validator {
                 map,
                 at,
                 "stop_order",
-                &[("reverse", StopOrder::Reverse), ("parallel", StopOrder::Parallel)],
+                &[
+                    ("reverse", StopOrder::Reverse),
+                    ("parallel", StopOrder::Parallel),
+                ],
             )
             .unwrap_or(StopOrder::Reverse);
         let max_restarts = map
@@ -282,6 +288,9 @@ impl Validator {
             self.bad_value(&children_at, "`children` is empty".into());
         }
         let mut nodes = Vec::new();
+        // Names and dependencies of every child, valid or not, so that dependency errors are
+        // reported even next to other errors in the same node.
+        let mut deps: Vec<(String, Vec<String>)> = Vec::new();
         let mut complete = true;
         for (key, value) in children {
             let Some(name) = key.as_str() else {
@@ -303,12 +312,13 @@ impl Validator {
                     format!("invalid name '{name}': names match [A-Za-z0-9_.-]+"),
                 );
             }
+            deps.push((name.to_string(), peek_depends_on(value)));
             match self.node(name, value, &child_at, &child_path, shutdown_timeout) {
                 Some(n) => nodes.push(n),
                 None => complete = false,
             }
         }
-        self.check_dependencies(&nodes, &children_at, path);
+        self.check_dependencies(&deps, &children_at, path);
         complete.then_some(GroupSpec {
             children: nodes,
             strategy,
@@ -353,7 +363,7 @@ impl Validator {
         } else if is_group {
             NodeKind::Group(self.group(map, at, path, inherited_timeout, false)?)
         } else if is_worker {
-            NodeKind::Worker(self.worker(map, at)?)
+            NodeKind::Worker(Box::new(self.worker(map, at)?))
         } else {
             self.bad_value(
                 at,
@@ -400,7 +410,9 @@ impl Validator {
             .and_then(|v| self.string(v, &at.key("cwd")))
             .map(PathBuf::from);
         let user = map.get("user").and_then(|v| self.user(v, &at.key("user")));
-        let group = map.get("group").and_then(|v| self.group_id(v, &at.key("group")));
+        let group = map
+            .get("group")
+            .and_then(|v| self.group_id(v, &at.key("group")));
         let replicas = map
             .get("replicas")
             .and_then(|v| self.count(v, &at.key("replicas"), 1))
@@ -484,17 +496,22 @@ impl Validator {
         })
     }
 
-    fn check_dependencies(&mut self, nodes: &[NodeSpec], children_at: &At, group_path: &str) {
-        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    fn check_dependencies(
+        &mut self,
+        nodes: &[(String, Vec<String>)],
+        children_at: &At,
+        group_path: &str,
+    ) {
+        let names: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
         let mut all_known = true;
-        for node in nodes {
-            let path = join_path(group_path, &node.name);
+        for (name, depends_on) in nodes {
+            let path = join_path(group_path, name);
             let dat = At {
-                yaml: children_at.key(&node.name).key("depends_on").yaml,
+                yaml: children_at.key(name).key("depends_on").yaml,
                 node: &path,
             };
-            for (i, dep) in node.depends_on.iter().enumerate() {
-                if dep == &node.name {
+            for (i, dep) in depends_on.iter().enumerate() {
+                if dep == name {
                     self.bad_value(&dat.index(i), "a node cannot depend on itself".into());
                     all_known = false;
                 } else if !names.contains(&dep.as_str()) {
@@ -512,19 +529,24 @@ impl Validator {
         if !all_known {
             return;
         }
-        if let Some(cycle) = crate::plan::find_cycle(nodes) {
-            let first = &nodes[cycle[0]];
-            let path = join_path(group_path, &first.name);
+        let adjacency: Vec<Vec<usize>> = nodes
+            .iter()
+            .map(|(_, deps)| {
+                deps.iter()
+                    .filter_map(|d| names.iter().position(|n| n == d))
+                    .collect()
+            })
+            .collect();
+        if let Some(cycle) = crate::plan::find_cycle(&adjacency) {
+            let first = &nodes[cycle[0]].0;
+            let path = join_path(group_path, first);
             let at = At {
-                yaml: children_at.key(&first.name).key("depends_on").yaml,
+                yaml: children_at.key(first).key("depends_on").yaml,
                 node: &path,
             };
-            let mut names: Vec<&str> = cycle.iter().map(|&i| nodes[i].name.as_str()).collect();
-            names.push(&first.name);
-            self.bad_value(
-                &at,
-                format!("dependency cycle: {}", names.join(" -> ")),
-            );
+            let mut names: Vec<&str> = cycle.iter().map(|&i| nodes[i].0.as_str()).collect();
+            names.push(first);
+            self.bad_value(&at, format!("dependency cycle: {}", names.join(" -> ")));
         }
     }
 
@@ -569,10 +591,14 @@ impl Validator {
 
     fn duration(&mut self, v: &Value, at: &At, nonzero: bool) -> Option<Duration> {
         let Value::String(s) = v else {
+            let hint = match v {
+                Value::Number(n) => format!(" (write '{n}s' for seconds)"),
+                _ => String::new(),
+            };
             self.bad_value(
                 at,
                 format!(
-                    "expected a duration such as 250ms, 10s or 1m30s, found {}",
+                    "expected a duration such as 250ms, 10s or 1m30s, found {}{hint}",
                     show(v)
                 ),
             );
@@ -594,7 +620,13 @@ impl Validator {
         }
     }
 
-    fn duration_key(&mut self, map: &Mapping, at: &At, key: &str, nonzero: bool) -> Option<Duration> {
+    fn duration_key(
+        &mut self,
+        map: &Mapping,
+        at: &At,
+        key: &str,
+        nonzero: bool,
+    ) -> Option<Duration> {
         let v = map.get(key)?;
         self.duration(v, &at.key(key), nonzero)
     }
@@ -661,14 +693,20 @@ impl Validator {
         let Value::Mapping(m) = v else {
             self.bad_value(
                 &eat,
-                format!("`env` must be a mapping of NAME: value, found {}", kind_of(v)),
+                format!(
+                    "`env` must be a mapping of NAME: value, found {}",
+                    kind_of(v)
+                ),
             );
             return vec![];
         };
         let mut out = Vec::new();
         for (k, val) in m {
             let Some(name) = k.as_str() else {
-                self.bad_value(&eat, format!("env names must be strings, found {}", show(k)));
+                self.bad_value(
+                    &eat,
+                    format!("env names must be strings, found {}", show(k)),
+                );
                 continue;
             };
             let vat = eat.key(name);
@@ -683,7 +721,10 @@ impl Validator {
                 other => {
                     self.bad_value(
                         &vat,
-                        format!("expected a string, number or boolean, found {}", kind_of(other)),
+                        format!(
+                            "expected a string, number or boolean, found {}",
+                            kind_of(other)
+                        ),
                     );
                     continue;
                 }
@@ -720,7 +761,10 @@ impl Validator {
     fn user(&mut self, v: &Value, at: &At) -> Option<Identity<Uid>> {
         let name = scalar_text(v);
         let Some(name) = name else {
-            self.bad_value(at, format!("expected a user name or uid, found {}", kind_of(v)));
+            self.bad_value(
+                at,
+                format!("expected a user name or uid, found {}", kind_of(v)),
+            );
             return None;
         };
         let found = match name.parse::<u32>() {
@@ -742,7 +786,10 @@ impl Validator {
 
     fn group_id(&mut self, v: &Value, at: &At) -> Option<Identity<Gid>> {
         let Some(name) = scalar_text(v) else {
-            self.bad_value(at, format!("expected a group name or gid, found {}", kind_of(v)));
+            self.bad_value(
+                at,
+                format!("expected a group name or gid, found {}", kind_of(v)),
+            );
             return None;
         };
         let found = match name.parse::<u32>() {
@@ -816,7 +863,11 @@ impl Validator {
             );
             return None;
         };
-        self.only_keys(m, at, &["tcp", "exec", "http", "notify", "interval", "timeout"]);
+        self.only_keys(
+            m,
+            at,
+            &["tcp", "exec", "http", "notify", "interval", "timeout"],
+        );
         let kinds: Vec<&str> = ["tcp", "exec", "http", "notify"]
             .into_iter()
             .filter(|k| m.contains_key(*k))
@@ -826,7 +877,11 @@ impl Validator {
                 at,
                 format!(
                     "`ready` needs exactly one of tcp, exec, http, notify (found {})",
-                    if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") }
+                    if kinds.is_empty() {
+                        "none".to_string()
+                    } else {
+                        kinds.join(", ")
+                    }
                 ),
             );
             return None;
@@ -842,7 +897,10 @@ impl Validator {
                     .map(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
                     .unwrap_or(false);
                 if !port_ok {
-                    self.bad_value(&kat, format!("invalid address '{addr}': expected host:port"));
+                    self.bad_value(
+                        &kat,
+                        format!("invalid address '{addr}': expected host:port"),
+                    );
                     return None;
                 }
                 ReadyCheck::Tcp(addr)
@@ -852,7 +910,11 @@ impl Validator {
             _ => ReadyCheck::Notify,
         };
         if matches!(check, ReadyCheck::Http(_) | ReadyCheck::Notify) {
-            let what = if kind == "http" { "{http: ...}" } else { "{notify: true}" };
+            let what = if kind == "http" {
+                "{http: ...}"
+            } else {
+                "{notify: true}"
+            };
             self.bad_key(
                 &kat,
                 format!("`ready: {what}` is not supported yet (it arrives with the sd_notify and HTTP probes)"),
@@ -896,6 +958,18 @@ impl Validator {
             }
         }
     }
+}
+
+/// The string entries of a node's `depends_on`, without reporting anything.
+fn peek_depends_on(node: &Value) -> Vec<String> {
+    node.get("depends_on")
+        .and_then(Value::as_sequence)
+        .map(|seq| {
+            seq.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn valid_name(name: &str) -> bool {

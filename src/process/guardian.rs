@@ -34,7 +34,10 @@ pub fn start() -> std::io::Result<()> {
         .stdout(Stdio::null())
         .process_group(0);
     let mut child = cmd.spawn()?;
-    let pipe = child.stdin.take().ok_or_else(|| std::io::Error::other("no guardian pipe"))?;
+    let pipe = child
+        .stdin
+        .take()
+        .ok_or_else(|| std::io::Error::other("no guardian pipe"))?;
     *GUARDIAN.lock().unwrap_or_else(|p| p.into_inner()) = Some(Guardian { child, pipe });
     Ok(())
 }
@@ -69,7 +72,12 @@ pub fn stop() {
 /// The guardian's own main loop: runs in the helper process.
 pub fn run_guardian() -> ! {
     // Terminal and service-manager signals are for arborist; the guardian only acts on EOF.
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         // SAFETY: setting SIG_IGN installs no handler code.
         unsafe {
             let _ = signal(sig, SigHandler::SigIgn);
@@ -80,7 +88,9 @@ pub fn run_guardian() -> ! {
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let (op, num) = line.split_at(line.len().min(1));
-        let Ok(pgid) = num.parse::<i32>() else { continue };
+        let Ok(pgid) = num.parse::<i32>() else {
+            continue;
+        };
         match op {
             "+" => {
                 groups.insert(pgid);

@@ -66,7 +66,12 @@ pub fn spawn(launch: &Launch) -> io::Result<Child> {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
-        .envs(launch.env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))))
+        .envs(
+            launch
+                .env
+                .iter()
+                .map(|(k, v)| (OsStr::new(k), OsStr::new(v))),
+        )
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false);
@@ -92,7 +97,14 @@ pub fn spawn(launch: &Launch) -> io::Result<Child> {
     unsafe {
         cmd.pre_exec(move || {
             // After std has changed uid/gid: a credential change would clear PDEATHSIG.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // arborist died between fork and prctl: the signal will never come.

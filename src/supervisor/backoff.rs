@@ -41,7 +41,9 @@ mod tests {
     fn grows_exponentially_up_to_max() {
         let mut b = BackoffState::default();
         let short = Duration::from_millis(10);
-        let delays: Vec<u128> = (0..6).map(|_| b.next_delay(&cfg(), short, 0.5).as_millis()).collect();
+        let delays: Vec<u128> = (0..6)
+            .map(|_| b.next_delay(&cfg(), short, 0.5).as_millis())
+            .collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
     }
 
@@ -51,12 +53,18 @@ mod tests {
         for _ in 0..4 {
             b.next_delay(&cfg(), Duration::ZERO, 0.5);
         }
-        assert_eq!(b.next_delay(&cfg(), Duration::from_secs(1), 0.5), Duration::from_millis(100));
+        assert_eq!(
+            b.next_delay(&cfg(), Duration::from_secs(1), 0.5),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]
     fn jitter_stays_within_its_fraction() {
-        let c = Backoff { jitter: 0.1, ..cfg() };
+        let c = Backoff {
+            jitter: 0.1,
+            ..cfg()
+        };
         let lo = BackoffState::default().next_delay(&c, Duration::ZERO, 0.0);
         let hi = BackoffState::default().next_delay(&c, Duration::ZERO, 1.0);
         assert_eq!(lo, Duration::from_millis(90));

@@ -250,7 +250,7 @@ impl Group {
         match &self.spec.children[slot.node].kind {
             NodeKind::Worker(w) => {
                 let run = WorkerRun {
-                    spec: Arc::new(w.clone()),
+                    spec: Arc::new((**w).clone()),
                     path: slot.path.clone(),
                     replica: slot.replica,
                     delay,
@@ -301,11 +301,12 @@ impl Group {
             NodeKind::Worker(w) => (w.restart, w.backoff, w.critical),
             NodeKind::Group(_) => (RestartPolicy::OnFailure, Backoff::default(), false),
         };
-        let restart = !outcome.settled && match policy {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => outcome.failed,
-            RestartPolicy::Never => false,
-        };
+        let restart = !outcome.settled
+            && match policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => outcome.failed,
+                RestartPolicy::Never => false,
+            };
         let path = self.slots[index].path.clone();
         if !restart {
             self.slots[index].done = Some(!outcome.failed);
@@ -318,9 +319,10 @@ impl Group {
             }
             return Verdict::Continue;
         }
-        let delay = self.slots[index]
-            .backoff
-            .next_delay(&backoff, outcome.ran_for, fastrand::f64());
+        let delay =
+            self.slots[index]
+                .backoff
+                .next_delay(&backoff, outcome.ran_for, fastrand::f64());
         if outcome.spawn_error {
             // Not a restart of a running service: retried alone, never escalated.
             warn!(path = %path, "retrying in {}", secs(delay));
@@ -366,7 +368,10 @@ impl Group {
             .filter(|&s| self.slots[s].done.is_none())
             .collect();
         if !siblings.is_empty() {
-            let names: Vec<&str> = siblings.iter().map(|&s| self.slots[s].path.as_str()).collect();
+            let names: Vec<&str> = siblings
+                .iter()
+                .map(|&s| self.slots[s].path.as_str())
+                .collect();
             info!(
                 path = %path,
                 "{}: restarting {} with it", strategy_name(self.spec.strategy), names.join(", ")
@@ -400,7 +405,8 @@ impl Group {
         let mut records = self.stop_slots(&all, d).await;
         // The group itself missed its deadline only if stopping ran into `d`; a worker killed
         // at its own, shorter stop_timeout is reported on that worker's line.
-        let killed = Instant::now() >= d && records.iter().any(|r| r.outcome == StopOutcome::Killed);
+        let killed =
+            Instant::now() >= d && records.iter().any(|r| r.outcome == StopOutcome::Killed);
         records.insert(
             0,
             StopRecord {

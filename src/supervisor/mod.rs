@@ -37,8 +37,15 @@ pub(crate) enum TreeEvent {
 /// A child's report to its group. `run` tells stale reports of an earlier run apart.
 #[derive(Debug)]
 pub(crate) enum Up {
-    Ready { slot: usize, run: u64 },
-    Ended { slot: usize, run: u64, outcome: Outcome },
+    Ready {
+        slot: usize,
+        run: u64,
+    },
+    Ended {
+        slot: usize,
+        run: u64,
+        outcome: Outcome,
+    },
 }
 
 /// How one run of a node ended.

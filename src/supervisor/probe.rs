@@ -44,7 +44,11 @@ async fn attempt(spec: &ReadySpec, env: &ProbeEnv<'_>) -> bool {
             let mut child = match spawn::spawn(&launch) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(path = env.path, "ready probe {}: cannot start: {e}", argv[0]);
+                    tracing::warn!(
+                        path = env.path,
+                        "ready probe {}: cannot start: {e}",
+                        argv[0]
+                    );
                     return false;
                 }
             };

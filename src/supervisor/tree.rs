@@ -133,11 +133,19 @@ pub async fn run(
     // Log capture tasks end when the last writer of each pipe is gone, which is now.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tracker.wait()).await;
 
-    let report = ShutdownReport::new(reason, started.elapsed(), spec.root.shutdown_timeout, records);
+    let report = ShutdownReport::new(
+        reason,
+        started.elapsed(),
+        spec.root.shutdown_timeout,
+        records,
+    );
     report.log();
     if let Some(path) = &options.shutdown_report {
         if let Err(e) = report.write_json(path) {
-            error!("cannot write the shutdown report to {}: {e}", path.display());
+            error!(
+                "cannot write the shutdown report to {}: {e}",
+                path.display()
+            );
         }
     }
     if code == exit::OK && report.any_killed() {
@@ -179,7 +187,10 @@ async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) 
     };
     if !group::wait_gone(alive, until, &mut child_events).await {
         for &pid in &strays {
-            warn!(pid, "adopted process still running at the root deadline; killed");
+            warn!(
+                pid,
+                "adopted process still running at the root deadline; killed"
+            );
             group::signal_pid(pid, Signal::SIGKILL);
         }
     }

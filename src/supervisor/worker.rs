@@ -19,8 +19,8 @@ use super::probe::{self, ProbeEnv};
 use super::{answer_not_running, Ctx, Down, Link, Outcome};
 use crate::config::{LogMode, WorkerSpec};
 use crate::process::group::{group_alive, signal_group, wait_gone};
-use crate::process::spawn::{self, Launch, Output};
 use crate::process::registry;
+use crate::process::spawn::{self, Launch, Output};
 use crate::report::{millis, StopOutcome, StopRecord};
 
 /// How long to wait for a SIGKILLed group to disappear before giving up on it (a process in
@@ -249,11 +249,20 @@ impl WorkerRun {
         signal_group(pid, Signal::SIGKILL);
         if let Some(child) = child {
             if status.is_none() {
-                status = timeout(KILL_GRACE, child.wait()).await.ok().and_then(Result::ok);
+                status = timeout(KILL_GRACE, child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
             }
         }
         spawn::release(pid);
-        if !wait_gone(|| group_alive(pid), Instant::now() + KILL_GRACE, &mut events).await {
+        if !wait_gone(
+            || group_alive(pid),
+            Instant::now() + KILL_GRACE,
+            &mut events,
+        )
+        .await
+        {
             warn!(path = %self.path, pid, "process group still present {} after SIGKILL", secs(KILL_GRACE));
         }
         (status, true)
@@ -284,10 +293,14 @@ impl WorkerRun {
         let pid = child.id().unwrap_or(0) as i32;
         let label = format!("{} (pre_stop)", self.path);
         if let Some(out) = child.stdout.take() {
-            self.ctx.tracker.spawn(crate::logs::capture(out, label.clone(), "stdout"));
+            self.ctx
+                .tracker
+                .spawn(crate::logs::capture(out, label.clone(), "stdout"));
         }
         if let Some(err) = child.stderr.take() {
-            self.ctx.tracker.spawn(crate::logs::capture(err, label, "stderr"));
+            self.ctx
+                .tracker
+                .spawn(crate::logs::capture(err, label, "stderr"));
         }
         tokio::select! {
             status = child.wait() => {
