@@ -68,7 +68,7 @@ fn group_line(g: &GroupSpec) -> String {
 fn worker_line(w: &WorkerSpec) -> String {
     let program = match &w.program {
         Program::Command(argv) => format!("command={argv:?}"),
-        Program::Shell(script) => format!("shell={script:?}"),
+        Program::Shell(script) => format!("shell={:?}", abbreviate(script)),
     };
     let restart = match w.restart {
         crate::config::RestartPolicy::Always => "always",
@@ -97,6 +97,17 @@ fn worker_line(w: &WorkerSpec) -> String {
     }
     if let Some(u) = &w.user {
         let _ = write!(s, " user={}", u.name);
+    }
+    s
+}
+
+/// First line of a script, shortened: the tree view is an overview, the file has the rest.
+fn abbreviate(script: &str) -> String {
+    let lines: Vec<&str> = script.trim().lines().collect();
+    let first = lines.first().copied().unwrap_or("");
+    let mut s: String = first.chars().take(60).collect();
+    if first.chars().count() > 60 || lines.len() > 1 {
+        s.push('…');
     }
     s
 }
@@ -151,6 +162,7 @@ pub fn render_plan(tree: &TreeSpec) -> (String, Duration) {
         "node", "kind", "own", "effective", "starts", "worst"
     );
     table(&mut out, &plan);
+    starved(&mut out, &plan);
     let total = plan.worst_total();
     let _ = writeln!(
         out,
@@ -191,6 +203,22 @@ fn waves(out: &mut String, g: &PlanNode) {
         if c.is_group {
             waves(out, c);
         }
+    }
+}
+
+/// Nodes that earlier waves can leave with less than their own deadline.
+fn starved(out: &mut String, n: &PlanNode) {
+    for c in &n.children {
+        if c.worst < c.effective {
+            let _ = writeln!(
+                out,
+                "warning: {} may get only {} of its {} deadline: earlier waves can use up its level's deadline",
+                label(c),
+                d(c.worst),
+                d(c.effective)
+            );
+        }
+        starved(out, c);
     }
 }
 

@@ -18,7 +18,7 @@ use super::{Ctx, Down, Link, TreeEvent, Up};
 use crate::config::TreeSpec;
 use crate::process::{group, reap, registry};
 use crate::report::ShutdownReport;
-use crate::signals::{is_stop_request, SignalStream};
+use crate::signals::{is_stop_request, Received, SignalStream};
 
 pub struct RunOptions {
     pub shutdown_report: Option<PathBuf>,
@@ -75,10 +75,10 @@ pub async fn run(
     let (reason, mut code) = loop {
         tokio::select! {
             sig = signals.next() => {
-                if is_stop_request(sig) {
-                    break (format!("received {}", sig.as_str()), exit::OK);
+                if is_stop_request(&sig) {
+                    break (format!("received {sig}"), exit::OK);
                 }
-                match sig {
+                match sig.signal {
                     Signal::SIGHUP => warn!("received SIGHUP: reload is not supported yet; the tree runs on unchanged"),
                     Signal::SIGUSR1 => info!("received SIGUSR1: status reporting arrives with the control socket"),
                     _ => {}
@@ -124,9 +124,9 @@ pub async fn run(
     let records = tokio::select! {
         records = stop => records,
         sig = second_stop_request(&mut signals) => {
-            error!("received {} during shutdown: killing everything now", sig.as_str());
+            error!("received {sig} during shutdown: killing everything now");
             kill_everything();
-            return 128 + sig as i32;
+            return 128 + sig.signal as i32;
         }
     };
     tracker.close();
@@ -154,13 +154,13 @@ pub async fn run(
     code
 }
 
-async fn second_stop_request(signals: &mut SignalStream) -> Signal {
+async fn second_stop_request(signals: &mut SignalStream) -> Received {
     loop {
         let sig = signals.next().await;
-        if is_stop_request(sig) {
+        if is_stop_request(&sig) {
             return sig;
         }
-        warn!("received {} during shutdown: ignored", sig.as_str());
+        warn!("received {sig} during shutdown: ignored");
     }
 }
 
