@@ -410,9 +410,34 @@ impl Validator {
             .and_then(|v| self.string(v, &at.key("cwd")))
             .map(PathBuf::from);
         let user = map.get("user").and_then(|v| self.user(v, &at.key("user")));
-        let group = map
+        let mut group = map
             .get("group")
             .and_then(|v| self.group_id(v, &at.key("group")));
+        // Like systemd's User= and su: without `group`, the user's primary group, never
+        // arborist's own (which would leave a worker in root's group).
+        let user = match user {
+            Some((identity, primary)) => {
+                if group.is_none() && !map.contains_key("group") {
+                    match primary {
+                        Some(gid) => {
+                            group = Some(Identity {
+                                name: format!("{} (primary group)", identity.name),
+                                id: gid,
+                            })
+                        }
+                        None => self.bad_value(
+                            &at.key("user"),
+                            format!(
+                                "uid {} has no passwd entry, so it has no primary group: set `group` too",
+                                identity.name
+                            ),
+                        ),
+                    }
+                }
+                Some(identity)
+            }
+            None => None,
+        };
         let replicas = map
             .get("replicas")
             .and_then(|v| self.count(v, &at.key("replicas"), 1))
@@ -503,7 +528,6 @@ impl Validator {
         group_path: &str,
     ) {
         let names: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
-        let mut all_known = true;
         for (name, depends_on) in nodes {
             let path = join_path(group_path, name);
             let dat = At {
@@ -513,7 +537,6 @@ impl Validator {
             for (i, dep) in depends_on.iter().enumerate() {
                 if dep == name {
                     self.bad_value(&dat.index(i), "a node cannot depend on itself".into());
-                    all_known = false;
                 } else if !names.contains(&dep.as_str()) {
                     self.bad_value(
                         &dat.index(i),
@@ -522,18 +545,18 @@ impl Validator {
                             names.join(", ")
                         ),
                     );
-                    all_known = false;
                 }
             }
         }
-        if !all_known {
-            return;
-        }
+        // Unknown names and self-references are reported above; the cycle check still runs
+        // over the rest, so all errors come out at once.
         let adjacency: Vec<Vec<usize>> = nodes
             .iter()
-            .map(|(_, deps)| {
+            .enumerate()
+            .map(|(i, (_, deps))| {
                 deps.iter()
                     .filter_map(|d| names.iter().position(|n| n == d))
+                    .filter(|&j| j != i)
                     .collect()
             })
             .collect();
@@ -758,9 +781,9 @@ impl Validator {
         }
     }
 
-    fn user(&mut self, v: &Value, at: &At) -> Option<Identity<Uid>> {
-        let name = scalar_text(v);
-        let Some(name) = name else {
+    /// The user and its primary group (None for a numeric uid without a passwd entry).
+    fn user(&mut self, v: &Value, at: &At) -> Option<(Identity<Uid>, Option<Gid>)> {
+        let Some(name) = scalar_text(v) else {
             self.bad_value(
                 at,
                 format!("expected a user name or uid, found {}", kind_of(v)),
@@ -768,11 +791,13 @@ impl Validator {
             return None;
         };
         let found = match name.parse::<u32>() {
-            Ok(n) => Ok(Some(Uid::from_raw(n))),
-            Err(_) => User::from_name(&name).map(|u| u.map(|u| u.uid)),
+            Ok(n) => {
+                User::from_uid(Uid::from_raw(n)).map(|u| Some((Uid::from_raw(n), u.map(|u| u.gid))))
+            }
+            Err(_) => User::from_name(&name).map(|u| u.map(|u| (u.uid, Some(u.gid)))),
         };
         match found {
-            Ok(Some(id)) => Some(Identity { name, id }),
+            Ok(Some((id, gid))) => Some((Identity { name, id }, gid)),
             Ok(None) => {
                 self.bad_value(at, format!("no such user '{name}'"));
                 None

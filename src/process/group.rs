@@ -25,9 +25,41 @@ pub fn group_alive(pgid: i32) -> bool {
     !matches!(kill(Pid::from_raw(-pgid), None), Err(Errno::ESRCH))
 }
 
-/// Sends `signal` to one process. Returns false when it is gone.
-pub fn signal_pid(pid: i32, signal: Signal) -> bool {
-    !matches!(kill(Pid::from_raw(pid), signal), Err(Errno::ESRCH))
+/// An adopted process and the process group it leads or belongs to. Signals go to the whole
+/// group unless that group is arborist's own (a process could join it; arborist must not
+/// signal itself).
+pub struct Target {
+    pub pid: i32,
+    pgid: Option<i32>,
+}
+
+impl Target {
+    pub fn of(pid: i32) -> Target {
+        let own = nix::unistd::getpgrp().as_raw();
+        let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+            .ok()
+            .map(|g| g.as_raw())
+            .filter(|&g| g != own && g > 1);
+        Target { pid, pgid }
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        match self.pgid {
+            Some(g) => {
+                signal_group(g, sig);
+            }
+            None => {
+                let _ = kill(Pid::from_raw(self.pid), sig);
+            }
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        match self.pgid {
+            Some(g) => group_alive(g),
+            None => !matches!(kill(Pid::from_raw(self.pid), None), Err(Errno::ESRCH)),
+        }
+    }
 }
 
 /// Waits until `alive()` turns false or `until` passes; returns whether it is gone.

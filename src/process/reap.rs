@@ -94,15 +94,3 @@ fn parent_of(pid: i32) -> Option<i32> {
 pub fn try_reap(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
 }
-
-/// Whether `pid` is still a live (not zombie) process.
-pub fn is_running_child(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .map(|state| state != "Z" && state != "X")
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}

@@ -16,7 +16,9 @@ use tracing::{error, info, warn};
 
 use super::backoff::BackoffState;
 use super::worker::{secs, WorkerRun};
-use super::{answer_not_running, not_running, Ctx, Down, Link, Outcome, TreeEvent, Up};
+use super::{
+    answer_not_running, answer_with, not_running, Ctx, Down, Link, Outcome, TreeEvent, Up,
+};
 use crate::config::{join_path, Backoff, GroupSpec, NodeKind, RestartPolicy, Strategy};
 use crate::plan;
 use crate::report::{millis, StopOutcome, StopRecord};
@@ -142,9 +144,9 @@ impl GroupRun {
                 Some(event) = events.recv() => {
                     if let Verdict::Failed = group.handle(event).await {
                         let deadline = Instant::now() + self.spec.shutdown_timeout;
-                        group.stop_all(deadline).await;
+                        let records = group.stop_all(deadline).await;
                         self.link.ended(Outcome { failed: true, spawn_error: false, settled: false, ran_for: Duration::ZERO });
-                        return answer_not_running(None, &mut self.down, &self.path, "group").await;
+                        return answer_with(None, &mut self.down, records).await;
                     }
                     group.start_pending();
                 }

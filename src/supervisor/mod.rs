@@ -97,7 +97,7 @@ impl Link {
 
 pub(crate) fn not_running(path: &str, kind: &'static str) -> StopRecord {
     StopRecord {
-        path: path.to_string(),
+        path: crate::config::display_path(path).to_string(),
         kind,
         pid: None,
         signal: None,
@@ -108,19 +108,29 @@ pub(crate) fn not_running(path: &str, kind: &'static str) -> StopRecord {
     }
 }
 
-/// Answers a stop request when nothing is running; waits for the request if none came yet,
-/// since the group always asks before it forgets a child.
+/// Answers a stop request when nothing is running; waits for the request if none came yet
+/// (until the parent drops the channel, which it does when it forgets the child).
 async fn answer_not_running(
     first: Option<Down>,
     down: &mut mpsc::UnboundedReceiver<Down>,
     path: &str,
     kind: &'static str,
 ) {
+    answer_with(first, down, vec![not_running(path, kind)]).await
+}
+
+/// Answers a stop request with records of a stop that already happened (a failed group
+/// stopped its children itself; the tree's report should still list them).
+async fn answer_with(
+    first: Option<Down>,
+    down: &mut mpsc::UnboundedReceiver<Down>,
+    records: Vec<StopRecord>,
+) {
     let cmd = match first {
         Some(c) => Some(c),
         None => down.recv().await,
     };
     if let Some(Down::Stop { reply, .. }) = cmd {
-        let _ = reply.send(vec![not_running(path, kind)]);
+        let _ = reply.send(records);
     }
 }

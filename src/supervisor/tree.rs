@@ -17,7 +17,7 @@ use super::group::{run_group, GroupRun};
 use super::{Ctx, Down, Link, TreeEvent, Up};
 use crate::config::TreeSpec;
 use crate::process::{group, reap, registry};
-use crate::report::ShutdownReport;
+use crate::report::{millis, ShutdownReport, StopOutcome, StopRecord};
 use crate::signals::{is_stop_request, Received, SignalStream};
 
 pub struct RunOptions {
@@ -117,8 +117,8 @@ pub async fn run(
         reply: reply_tx,
     });
     let stop = async {
-        let records = reply_rx.await.unwrap_or_default();
-        stop_strays(deadline, child_events.clone()).await;
+        let mut records = reply_rx.await.unwrap_or_default();
+        records.extend(stop_strays(deadline, child_events.clone()).await);
         records
     };
     let records = tokio::select! {
@@ -131,7 +131,7 @@ pub async fn run(
     };
     tracker.close();
     // Log capture tasks end when the last writer of each pipe is gone, which is now.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tracker.wait()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(250), tracker.wait()).await;
 
     let report = ShutdownReport::new(
         reason,
@@ -164,39 +164,70 @@ async fn second_stop_request(signals: &mut SignalStream) -> Received {
     }
 }
 
-/// Processes that left their worker's process group and were re-parented to arborist: they
-/// get SIGTERM, then SIGKILL at the root deadline.
-async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) {
+/// Processes that left their worker's process group and were re-parented to arborist: their
+/// process groups get SIGTERM, then SIGKILL at the root deadline. Each is reported.
+async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) -> Vec<StopRecord> {
     let strays = reap::adopted_children();
     if strays.is_empty() {
-        return;
+        return vec![];
     }
+    let begin = Instant::now();
     warn!(
         count = strays.len(),
         "stopping {} adopted processes that left their worker's process group",
         strays.len()
     );
-    for &pid in &strays {
-        group::signal_pid(pid, Signal::SIGTERM);
-        group::signal_pid(pid, Signal::SIGCONT);
+    let targets: Vec<group::Target> = strays.iter().map(|&pid| group::Target::of(pid)).collect();
+    for t in &targets {
+        t.signal(Signal::SIGTERM);
+        t.signal(Signal::SIGCONT);
     }
     let until = deadline.max(Instant::now() + std::time::Duration::from_millis(100));
     let alive = || {
         reap::reap_orphans();
-        strays.iter().any(|&p| reap::is_running_child(p))
+        targets.iter().any(|t| t.alive())
     };
-    if !group::wait_gone(alive, until, &mut child_events).await {
-        for &pid in &strays {
+    let gone = group::wait_gone(alive, until, &mut child_events).await;
+    let mut records = Vec::new();
+    for t in &targets {
+        let killed = !gone && t.alive();
+        if killed {
             warn!(
-                pid,
-                "adopted process still running at the root deadline; killed"
+                pid = t.pid,
+                "adopted process still running at the root deadline; SIGKILLed"
             );
-            group::signal_pid(pid, Signal::SIGKILL);
+            t.signal(Signal::SIGKILL);
         }
+        records.push(StopRecord {
+            path: format!("(adopted pid {})", t.pid),
+            kind: "adopted",
+            pid: Some(t.pid as u32),
+            signal: Some("SIGTERM".into()),
+            deadline_ms: millis(until.saturating_duration_since(begin)),
+            took_ms: millis(begin.elapsed()),
+            outcome: if killed {
+                StopOutcome::Killed
+            } else {
+                StopOutcome::Met
+            },
+            exit: None,
+        });
     }
+    let mut events = child_events.clone();
+    let after_kill = Instant::now() + std::time::Duration::from_secs(2);
+    group::wait_gone(
+        || {
+            reap::reap_orphans();
+            targets.iter().any(|t| t.alive())
+        },
+        after_kill,
+        &mut events,
+    )
+    .await;
     for &pid in &strays {
         reap::try_reap(pid);
     }
+    records
 }
 
 fn kill_everything() {
@@ -204,7 +235,7 @@ fn kill_everything() {
         group::signal_group(pgid, Signal::SIGKILL);
     }
     for pid in reap::adopted_children() {
-        group::signal_pid(pid, Signal::SIGKILL);
+        group::Target::of(pid).signal(Signal::SIGKILL);
     }
 }
 
