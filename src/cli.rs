@@ -20,8 +20,8 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `debug,arborist=trace` (overrides RUST_LOG).
     #[arg(long, global = true)]
     pub log_level: Option<String>,
-    /// Control socket path (used by the control socket, which is not built yet).
-    #[arg(long, global = true)]
+    /// Control socket [default: the config's control_socket, else $XDG_RUNTIME_DIR/arborist.sock, else /run/arborist.sock]
+    #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -47,6 +47,22 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         budget: Option<Duration>,
     },
+    /// Show the running tree: each node's state, pid, uptime, restarts, last exit.
+    Status {
+        /// Print the reply as JSON (schema in docs/control.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped node (a worker, a replica `name#i`, or a group) of the running tree.
+    Start { path: String },
+    /// Stop a node gracefully, with its deadlines and stop order; it stays stopped.
+    Stop { path: String },
+    /// Stop a node gracefully, then start it again.
+    Restart { path: String },
+    /// Re-read the config and apply the difference (same as SIGHUP).
+    Reload,
+    /// Shut the whole tree down (same as SIGTERM).
+    Shutdown,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -3,11 +3,14 @@
 mod check;
 mod cli;
 mod config;
+mod control;
+mod diff;
 mod logs;
 mod plan;
 mod process;
 mod report;
 mod signals;
+mod status;
 mod supervisor;
 
 use std::process::ExitCode;
@@ -15,6 +18,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command};
+use control::protocol::Request;
 use supervisor::tree::RunOptions;
 
 const EXIT_USAGE: u8 = 2;
@@ -42,8 +46,36 @@ fn main() -> ExitCode {
             shutdown_report,
         } => run(
             config.unwrap_or_else(cli::default_config),
+            cli.socket.as_deref(),
             RunOptions { shutdown_report },
         ),
+        Command::Status { json } => client(cli.socket.as_deref(), Request::Status, json),
+        Command::Start { path } => client(cli.socket.as_deref(), Request::Start { path }, false),
+        Command::Stop { path } => client(cli.socket.as_deref(), Request::Stop { path }, false),
+        Command::Restart { path } => {
+            client(cli.socket.as_deref(), Request::Restart { path }, false)
+        }
+        Command::Reload => client(cli.socket.as_deref(), Request::Reload, false),
+        Command::Shutdown => client(cli.socket.as_deref(), Request::Shutdown, false),
+    }
+}
+
+fn client(socket: Option<&std::path::Path>, request: Request, json: bool) -> ExitCode {
+    // Without --socket, the default config's control_socket, if that file is there.
+    let configured = if socket.is_none() {
+        config::load(&cli::default_config())
+            .ok()
+            .and_then(|t| t.control_socket)
+    } else {
+        None
+    };
+    let path = control::socket_path(socket, configured.as_deref());
+    match control::client::call(&path, &request) {
+        Ok(reply) => ExitCode::from(control::client::print(&request, &reply, json)),
+        Err(e) => {
+            eprintln!("arborist: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -78,7 +110,11 @@ fn check(path: &std::path::Path, plan: bool, budget: Option<std::time::Duration>
     ExitCode::SUCCESS
 }
 
-fn run(path: std::path::PathBuf, options: RunOptions) -> ExitCode {
+fn run(
+    path: std::path::PathBuf,
+    socket: Option<&std::path::Path>,
+    options: RunOptions,
+) -> ExitCode {
     let tree = match config::load(&path) {
         Ok(t) => t,
         Err(e) => {
@@ -96,6 +132,8 @@ fn run(path: std::path::PathBuf, options: RunOptions) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let explicit_socket = socket.is_some() || tree.control_socket.is_some();
+    let socket = control::socket_path(socket, tree.control_socket.as_deref());
     let code = runtime.block_on(async {
         // Signal handlers first: nothing may start before a SIGTERM can be received.
         let signals = match signals::SignalStream::install() {
@@ -103,6 +141,22 @@ fn run(path: std::path::PathBuf, options: RunOptions) -> ExitCode {
             Err(e) => {
                 eprintln!("arborist: cannot install signal handlers: {e}");
                 return 1;
+            }
+        };
+        // Before anything starts: a second daemon on the same socket must not start at all.
+        let (listener, socket_guard) = match control::server::bind(&socket) {
+            Ok((l, g)) => (Some(l), Some(g)),
+            Err(e @ control::server::BindError::InUse(_)) => {
+                eprintln!("arborist: {e}");
+                return i32::from(EXIT_USAGE);
+            }
+            Err(e) if explicit_socket => {
+                eprintln!("arborist: {e}");
+                return i32::from(EXIT_USAGE);
+            }
+            Err(e) => {
+                tracing::warn!("{e}; running without a control socket (pass --socket)");
+                (None, None)
             }
         };
         if let Err(e) = process::spawn::raise_nofile_limit() {
@@ -118,7 +172,36 @@ fn run(path: std::path::PathBuf, options: RunOptions) -> ExitCode {
         if let Err(e) = process::guardian::start() {
             tracing::warn!("cannot start the guardian process (grandchildren may outlive a SIGKILLed arborist): {e}");
         }
-        supervisor::tree::run(tree, signals, child_events, options).await
+        let board = status::StatusBoard::start();
+        let (state_tx, state_rx) = tokio::sync::watch::channel("starting");
+        let daemon = std::sync::Arc::new(control::server::Daemon {
+            config: tree.source.display().to_string(),
+            started: tokio::time::Instant::now(),
+            state: state_rx,
+        });
+        let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(listener) = listener {
+            tracing::info!(socket = %socket.display(), "control socket ready");
+            tokio::spawn(control::server::serve(
+                listener,
+                control_tx,
+                board.clone(),
+                daemon.clone(),
+            ));
+        }
+        let code = supervisor::tree::run(supervisor::tree::Inputs {
+            spec: tree,
+            signals,
+            child_events,
+            board,
+            control: control_rx,
+            daemon,
+            daemon_state: state_tx,
+            options,
+        })
+        .await;
+        drop(socket_guard);
+        code
     });
     process::guardian::stop();
     // Do not wait for the runtime's idle blocking threads.

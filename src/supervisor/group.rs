@@ -1,6 +1,8 @@
 //! A group's task: starts its children in dependency order (bounded by
 //! `start_concurrency`), applies restart policies, backoff, the group's strategy and its
-//! restart intensity, and stops its children in waves within the level's deadline.
+//! restart intensity, carries out operators' start/stop/restart of its children and reloads
+//! of its spec, stops its children in waves within the level's deadline, and publishes the
+//! state of every child on the status board.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -17,15 +19,22 @@ use tracing::{error, info, warn};
 use super::backoff::BackoffState;
 use super::worker::{secs, WorkerRun};
 use super::{
-    answer_not_running, answer_with, not_running, Ctx, Down, Link, Outcome, TreeEvent, Up,
+    answer_not_running, answer_with, not_running, refuse, ControlDone, ControlResult, Ctx, Down,
+    Link, Op, Outcome, TreeEvent, Up,
 };
-use crate::config::{join_path, Backoff, GroupSpec, NodeKind, RestartPolicy, Strategy};
+use crate::config::{
+    display_path, join_path, Backoff, GroupSpec, NodeKind, RestartPolicy, Strategy,
+};
+use crate::diff::{diff_children, Change};
 use crate::plan;
 use crate::report::{millis, StopOutcome, StopRecord};
+use crate::status::{Entry, NodeState, OrderKey};
 
 pub(crate) struct GroupRun {
     pub spec: Arc<GroupSpec>,
     pub path: String,
+    /// Where this group sits on the status board.
+    pub key: OrderKey,
     pub delay: Duration,
     pub token: CancellationToken,
     pub permit: Option<OwnedSemaphorePermit>,
@@ -45,7 +54,7 @@ enum State {
     Pending,
     /// A run task exists (in backoff, starting, or running).
     Running,
-    /// No run task: ended and not restarted, or stopped.
+    /// No run task: ended and not restarted, stopped, or held by an operator.
     Down,
 }
 
@@ -60,8 +69,20 @@ struct Slot {
     ever_ready: bool,
     /// Ended and will not be restarted (restart policy); Some(clean exit).
     done: Option<bool>,
+    /// Stopped by an operator: not started again until an operator starts it.
+    held: bool,
+    /// Gone after a reload; its index is never reused.
+    removed: bool,
     backoff: BackoffState,
     pending_delay: Duration,
+    // What the status board shows.
+    status: NodeState,
+    pid: Option<u32>,
+    since: Option<Instant>,
+    restarts: u32,
+    last_exit: Option<String>,
+    next_start_at: Option<Instant>,
+    stop_report: Option<StopRecord>,
 }
 
 enum Verdict {
@@ -71,12 +92,13 @@ enum Verdict {
 }
 
 struct Group {
-    spec: Arc<GroupSpec>,
+    spec: GroupSpec,
     path: String,
+    key: OrderKey,
     token: CancellationToken,
     ctx: Arc<Ctx>,
     slots: Vec<Slot>,
-    /// Slot indexes per child node.
+    /// Live slot indexes per child node.
     node_slots: Vec<Vec<usize>>,
     deps: Vec<Vec<usize>>,
     start_order: Vec<usize>,
@@ -89,13 +111,27 @@ impl GroupRun {
     async fn run(mut self) {
         if !self.delay.is_zero() {
             let until = Instant::now() + self.delay;
-            tokio::select! {
-                biased;
-                cmd = self.down.recv() => {
-                    return answer_not_running(cmd, &mut self.down, &self.path, "group").await;
+            loop {
+                // biased: a stop request wins over the end of the backoff.
+                tokio::select! {
+                    biased;
+                    cmd = self.down.recv() => match cmd {
+                        Some(Down::Reload { spec, reply }) => {
+                            self.spec = Arc::new(spec);
+                            let _ = reply.send(());
+                        }
+                        Some(Down::Control { reply, .. }) => {
+                            let _ = reply.send(Err(format!(
+                                "{} is waiting to restart", display_path(&self.path)
+                            )));
+                        }
+                        other => {
+                            return answer_not_running(other, &mut self.down, &self.path, "group").await;
+                        }
+                    },
+                    _ = self.token.cancelled() => break,
+                    _ = sleep_until(until) => break,
                 }
-                _ = self.token.cancelled() => {}
-                _ = sleep_until(until) => {}
             }
         }
         if self.token.is_cancelled() {
@@ -106,7 +142,8 @@ impl GroupRun {
         group.start_pending();
         let mut announced = false;
         loop {
-            if !announced && group.slots.iter().all(|s| s.ever_ready || s.done.is_some()) {
+            let live = || group.slots.iter().filter(|s| !s.removed);
+            if !announced && live().all(|s| s.ever_ready || s.done.is_some()) {
                 announced = true;
                 self.permit.take();
                 if !self.path.is_empty() {
@@ -114,38 +151,51 @@ impl GroupRun {
                 }
                 self.link.ready();
             }
-            if group.slots.iter().all(|s| s.done.is_some()) {
-                let clean = group.slots.iter().all(|s| s.done == Some(true));
-                info!(path = %crate::config::display_path(&self.path), "every child has ended for good");
+            if live().all(|s| s.done.is_some()) {
+                let clean = live().all(|s| s.done == Some(true));
+                info!(path = %display_path(&self.path), "every child has ended for good");
                 self.link.ended(Outcome {
                     failed: !clean,
                     spawn_error: false,
                     settled: true,
                     ran_for: Duration::ZERO,
+                    exit: None,
                 });
-                // The parent may still send a stop; answer it.
                 return answer_not_running(None, &mut self.down, &self.path, "group").await;
             }
-            // biased: a stop request is served before any child event, so nothing restarts
-            // once the parent has asked this group to stop.
+            // biased: a request from above is served before any child event, so nothing
+            // restarts once the parent has asked this group to stop.
             tokio::select! {
                 biased;
-                cmd = self.down.recv() => {
-                    let deadline = match &cmd {
-                        Some(Down::Stop { deadline, .. }) => *deadline,
-                        None => Instant::now() + self.spec.shutdown_timeout,
-                    };
-                    let records = group.stop_all(deadline).await;
-                    if let Some(Down::Stop { reply, .. }) = cmd {
+                cmd = self.down.recv() => match cmd {
+                    Some(Down::Stop { deadline, reply }) => {
+                        let records = group.stop_all(deadline).await;
                         let _ = reply.send(records);
+                        return;
                     }
-                    return;
-                }
+                    None => {
+                        let deadline = Instant::now() + group.spec.shutdown_timeout;
+                        group.stop_all(deadline).await;
+                        return;
+                    }
+                    Some(Down::Control { op, target, reply }) => group.control(op, target, reply).await,
+                    Some(Down::Reload { spec, reply }) => {
+                        group.reload(spec).await;
+                        let _ = reply.send(());
+                        group.start_pending();
+                    }
+                },
                 Some(event) = events.recv() => {
                     if let Verdict::Failed = group.handle(event).await {
-                        let deadline = Instant::now() + self.spec.shutdown_timeout;
+                        let deadline = Instant::now() + group.spec.shutdown_timeout;
                         let records = group.stop_all(deadline).await;
-                        self.link.ended(Outcome { failed: true, spawn_error: false, settled: false, ran_for: Duration::ZERO });
+                        self.link.ended(Outcome {
+                            failed: true,
+                            spawn_error: false,
+                            settled: false,
+                            ran_for: Duration::ZERO,
+                            exit: Some("restart intensity exceeded".into()),
+                        });
                         return answer_with(None, &mut self.down, records).await;
                     }
                     group.start_pending();
@@ -157,50 +207,124 @@ impl GroupRun {
 
 impl Group {
     fn new(run: &GroupRun, up: mpsc::UnboundedSender<Up>) -> Group {
-        let spec = Arc::clone(&run.spec);
-        let mut slots = Vec::new();
-        let mut node_slots = Vec::new();
-        for (node, child) in spec.children.iter().enumerate() {
-            let replicas = match &child.kind {
-                NodeKind::Worker(w) => w.replicas,
-                NodeKind::Group(_) => 1,
-            };
-            let base = join_path(&run.path, &child.name);
-            let mut indexes = Vec::new();
-            for replica in 0..replicas {
-                indexes.push(slots.len());
-                slots.push(Slot {
-                    node,
-                    replica,
-                    path: if replicas > 1 {
-                        format!("{base}#{replica}")
-                    } else {
-                        base.clone()
-                    },
-                    state: State::Pending,
-                    run: 0,
-                    down: None,
-                    ever_ready: false,
-                    done: None,
-                    backoff: BackoffState::default(),
-                    pending_delay: Duration::ZERO,
-                });
-            }
-            node_slots.push(indexes);
-        }
-        Group {
-            deps: plan::dependency_indexes(&spec.children),
-            start_order: plan::start_order(&spec.children),
-            semaphore: spec.start_concurrency.map(|n| Arc::new(Semaphore::new(n))),
-            spec,
+        let mut group = Group {
+            spec: (*run.spec).clone(),
             path: run.path.clone(),
+            key: run.key.clone(),
             token: run.token.clone(),
             ctx: Arc::clone(&run.ctx),
-            slots,
-            node_slots,
+            slots: Vec::new(),
+            node_slots: Vec::new(),
+            deps: Vec::new(),
+            start_order: Vec::new(),
+            semaphore: None,
             up,
             restarts: VecDeque::new(),
+        };
+        for node in 0..group.spec.children.len() {
+            let replicas = group.replicas_of(node);
+            for replica in 0..replicas {
+                group.add_slot(node, replica);
+            }
         }
+        group.reindex();
+        group
+    }
+
+    fn replicas_of(&self, node: usize) -> u32 {
+        match &self.spec.children[node].kind {
+            NodeKind::Worker(w) => w.replicas,
+            NodeKind::Group(_) => 1,
+        }
+    }
+
+    fn slot_path(&self, node: usize, replica: u32) -> String {
+        let base = join_path(&self.path, &self.spec.children[node].name);
+        if self.replicas_of(node) > 1 {
+            format!("{base}#{replica}")
+        } else {
+            base
+        }
+    }
+
+    fn kind_of(&self, node: usize) -> &'static str {
+        match self.spec.children[node].kind {
+            NodeKind::Worker(_) => "worker",
+            NodeKind::Group(_) => "group",
+        }
+    }
+
+    fn add_slot(&mut self, node: usize, replica: u32) -> usize {
+        let index = self.slots.len();
+        self.slots.push(Slot {
+            node,
+            replica,
+            path: self.slot_path(node, replica),
+            state: State::Pending,
+            run: 0,
+            down: None,
+            ever_ready: false,
+            done: None,
+            held: false,
+            removed: false,
+            backoff: BackoffState::default(),
+            pending_delay: Duration::ZERO,
+            status: NodeState::Waiting,
+            pid: None,
+            since: None,
+            restarts: 0,
+            last_exit: None,
+            next_start_at: None,
+            stop_report: None,
+        });
+        self.publish(index);
+        index
+    }
+
+    /// Recomputes the per-node indexes after the spec or the slots changed.
+    fn reindex(&mut self) {
+        self.node_slots = vec![Vec::new(); self.spec.children.len()];
+        for (i, s) in self.slots.iter().enumerate() {
+            if !s.removed {
+                self.node_slots[s.node].push(i);
+            }
+        }
+        self.deps = plan::dependency_indexes(&self.spec.children);
+        self.start_order = plan::start_order(&self.spec.children);
+        self.semaphore = self
+            .spec
+            .start_concurrency
+            .map(|n| Arc::new(Semaphore::new(n)));
+    }
+
+    fn slot_key(&self, index: usize) -> OrderKey {
+        let mut k = self.key.clone();
+        k.push(index as u32);
+        k
+    }
+
+    /// Puts slot `index` on the status board.
+    fn publish(&self, index: usize) {
+        let s = &self.slots[index];
+        self.ctx.board.put(
+            self.slot_key(index),
+            Entry {
+                path: s.path.clone(),
+                kind: self.kind_of(s.node),
+                state: s.status,
+                pid: s.pid,
+                since: s.since,
+                restarts: s.restarts,
+                last_exit: s.last_exit.clone(),
+                next_restart_at: s.next_start_at,
+                stop_report: s.stop_report.clone(),
+            },
+        );
+    }
+
+    fn set_status(&mut self, index: usize, status: NodeState) {
+        self.slots[index].status = status;
+        self.publish(index);
     }
 
     /// Starts every pending slot whose dependencies have been ready, in start order, as far
@@ -236,10 +360,20 @@ impl Group {
     }
 
     fn launch(&mut self, index: usize, delay: Duration, permit: Option<OwnedSemaphorePermit>) {
+        let key = self.slot_key(index);
         let slot = &mut self.slots[index];
         slot.run += 1;
         slot.state = State::Running;
         slot.pending_delay = Duration::ZERO;
+        slot.pid = None;
+        slot.stop_report = None;
+        if delay.is_zero() {
+            slot.status = NodeState::Starting;
+            slot.next_start_at = None;
+        } else {
+            slot.status = NodeState::Backoff;
+            slot.next_start_at = Some(Instant::now() + delay);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         slot.down = Some(tx);
         let link = Link {
@@ -268,6 +402,7 @@ impl Group {
                 let run = GroupRun {
                     spec: Arc::new(g.clone()),
                     path: slot.path.clone(),
+                    key,
                     delay,
                     token,
                     permit,
@@ -278,24 +413,65 @@ impl Group {
                 self.ctx.tracker.spawn(run_group(run));
             }
         }
+        self.publish(index);
+    }
+
+    fn has_probe(&self, node: usize) -> bool {
+        match &self.spec.children[node].kind {
+            NodeKind::Worker(w) => w.ready.is_some(),
+            NodeKind::Group(_) => true,
+        }
     }
 
     async fn handle(&mut self, event: Up) -> Verdict {
+        let current = |g: &Group, slot: usize, run: u64| {
+            g.slots[slot].run == run && g.slots[slot].state == State::Running
+        };
         let (index, run, outcome) = match event {
+            Up::Started { slot, run, pid } => {
+                if current(self, slot, run) {
+                    let probe = self.has_probe(self.slots[slot].node);
+                    let s = &mut self.slots[slot];
+                    s.pid = Some(pid);
+                    s.since = Some(Instant::now());
+                    s.next_start_at = None;
+                    s.status = if probe {
+                        NodeState::Starting
+                    } else {
+                        NodeState::Running
+                    };
+                    self.publish(slot);
+                }
+                return Verdict::Continue;
+            }
             Up::Ready { slot, run } => {
-                if self.slots[slot].run == run && self.slots[slot].state == State::Running {
+                if current(self, slot, run) {
                     self.slots[slot].ever_ready = true;
+                    if self.has_probe(self.slots[slot].node) {
+                        if self.slots[slot].since.is_none() {
+                            self.slots[slot].since = Some(Instant::now());
+                        }
+                        self.set_status(slot, NodeState::Ready);
+                    }
                 }
                 return Verdict::Continue;
             }
             Up::Ended { slot, run, outcome } => (slot, run, outcome),
         };
-        if self.slots[index].run != run || self.slots[index].state != State::Running {
+        if !current(self, index, run) {
             return Verdict::Continue; // a report from a run already stopped or replaced
         }
-        self.slots[index].state = State::Down;
-        self.slots[index].down = None;
+        {
+            let s = &mut self.slots[index];
+            s.state = State::Down;
+            s.down = None;
+            s.pid = None;
+            if outcome.exit.is_some() {
+                s.last_exit = outcome.exit.clone();
+            }
+        }
         if self.token.is_cancelled() {
+            self.set_status(index, NodeState::Stopped);
             return Verdict::Continue;
         }
         let node = &self.spec.children[self.slots[index].node];
@@ -312,6 +488,12 @@ impl Group {
         let path = self.slots[index].path.clone();
         if !restart {
             self.slots[index].done = Some(!outcome.failed);
+            let status = if outcome.failed {
+                NodeState::Failed
+            } else {
+                NodeState::Stopped
+            };
+            self.set_status(index, status);
             info!(path = %path, "not restarted (restart: {})", policy_name(policy));
             if critical {
                 let _ = self.ctx.tree.send(TreeEvent::CriticalEnded {
@@ -325,6 +507,7 @@ impl Group {
             self.slots[index]
                 .backoff
                 .next_delay(&backoff, outcome.ran_for, fastrand::f64());
+        self.slots[index].restarts += 1;
         if outcome.spawn_error {
             // Not a restart of a running service: retried alone, never escalated.
             warn!(path = %path, "retrying in {}", secs(delay));
@@ -342,32 +525,32 @@ impl Group {
         }
         if self.restarts.len() as u32 > self.spec.max_restarts {
             error!(
-                path = %crate::config::display_path(&self.path),
+                path = %display_path(&self.path),
                 "restart intensity exceeded: more than {} restarts within {}; the group fails",
                 self.spec.max_restarts,
                 humantime::format_duration(self.spec.restart_window)
             );
+            self.set_status(index, NodeState::Failed);
             return Verdict::Failed;
         }
         warn!(path = %path, "restarting in {}", secs(delay));
-        let scope: Vec<usize> = match self.spec.strategy {
-            Strategy::OneForOne => vec![],
-            Strategy::OneForAll => (0..self.slots.len()).filter(|&s| s != index).collect(),
-            Strategy::RestForOne => {
-                let rank = |n: usize| self.start_order.iter().position(|&o| o == n);
-                let mine = rank(self.slots[index].node);
-                (0..self.slots.len())
-                    .filter(|&s| rank(self.slots[s].node) > mine)
-                    .collect()
-            }
-        };
         if self.spec.strategy == Strategy::OneForOne {
             self.launch(index, delay, None);
             return Verdict::Continue;
         }
+        let scope: Vec<usize> = match self.spec.strategy {
+            Strategy::RestForOne => {
+                let rank = |n: usize| self.start_order.iter().position(|&o| o == n);
+                let mine = rank(self.slots[index].node);
+                self.live()
+                    .filter(|&s| rank(self.slots[s].node) > mine)
+                    .collect()
+            }
+            _ => self.live().filter(|&s| s != index).collect(),
+        };
         let siblings: Vec<usize> = scope
             .into_iter()
-            .filter(|&s| self.slots[s].done.is_none())
+            .filter(|&s| self.slots[s].done.is_none() && !self.slots[s].held)
             .collect();
         if !siblings.is_empty() {
             let names: Vec<&str> = siblings
@@ -391,11 +574,212 @@ impl Group {
             if never && s != index {
                 slot.done = Some(true);
             } else {
+                if s != index {
+                    slot.restarts += 1;
+                }
                 slot.state = State::Pending;
+                slot.status = NodeState::Waiting;
                 slot.pending_delay = if s == index { delay } else { Duration::ZERO };
             }
+            self.publish(s);
         }
         Verdict::Continue
+    }
+
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(|&s| !self.slots[s].removed)
+    }
+
+    /// An operator's start/stop/restart of the child named by `target[0]` (a node name: all
+    /// its replicas; or a replica `name#i`), or a request to pass further down.
+    async fn control(
+        &mut self,
+        op: Op,
+        target: Vec<String>,
+        reply: oneshot::Sender<ControlResult>,
+    ) {
+        let Some((first, rest)) = target.split_first() else {
+            let _ = reply.send(Err("empty path".into()));
+            return;
+        };
+        let matched: Vec<usize> = self
+            .live()
+            .filter(|&s| {
+                let slot = &self.slots[s];
+                self.spec.children[slot.node].name == *first
+                    || slot.path.rsplit('/').next() == Some(first.as_str())
+            })
+            .collect();
+        let here = join_path(&self.path, first);
+        if matched.is_empty() {
+            let _ = reply.send(Err(format!("no such node: {here}")));
+            return;
+        }
+        if !rest.is_empty() {
+            let group = matched
+                .first()
+                .copied()
+                .filter(|&s| self.kind_of(self.slots[s].node) == "group");
+            let Some(s) = group else {
+                let _ = reply.send(Err(format!("{here} is not a group")));
+                return;
+            };
+            match &self.slots[s].down {
+                Some(tx) if self.slots[s].state == State::Running => {
+                    let msg = Down::Control {
+                        op,
+                        target: rest.to_vec(),
+                        reply,
+                    };
+                    if let Err(e) = tx.send(msg) {
+                        refuse(e.0, &format!("{here} is not running"));
+                    }
+                }
+                _ => {
+                    let _ = reply.send(Err(format!("{here} is not running")));
+                }
+            }
+            return;
+        }
+        let mut records = Vec::new();
+        if matches!(op, Op::Stop | Op::Restart) {
+            let running: Vec<usize> = matched
+                .iter()
+                .copied()
+                .filter(|&s| self.slots[s].state == State::Running)
+                .collect();
+            info!(path = %here, "{} requested by an operator", if op == Op::Stop { "stop" } else { "restart" });
+            let deadline = Instant::now() + self.spec.shutdown_timeout;
+            records = self.stop_slots(&running, deadline).await;
+            for &s in &matched {
+                let slot = &mut self.slots[s];
+                slot.held = true;
+                if slot.state == State::Pending {
+                    slot.state = State::Down;
+                    slot.status = NodeState::Stopped;
+                }
+                self.publish(s);
+            }
+        }
+        let message = if op == Op::Stop {
+            format!("stopped {here}")
+        } else {
+            let mut started = 0;
+            for &s in &matched {
+                let slot = &mut self.slots[s];
+                if slot.state == State::Down {
+                    slot.held = false;
+                    slot.done = None;
+                    slot.state = State::Pending;
+                    slot.status = NodeState::Waiting;
+                    slot.pending_delay = Duration::ZERO;
+                    slot.backoff = BackoffState::default();
+                    started += 1;
+                    self.publish(s);
+                }
+            }
+            self.start_pending();
+            if op == Op::Start && started == 0 {
+                format!("{here} is already running")
+            } else if op == Op::Start {
+                format!("starting {here}")
+            } else {
+                format!("restarted {here}")
+            }
+        };
+        let _ = reply.send(Ok(ControlDone { message, records }));
+    }
+
+    /// Applies a new version of this group's spec: removed children stop, changed workers
+    /// restart, pools scale (highest index first), nested groups apply their own part, and
+    /// everything else keeps running untouched.
+    async fn reload(&mut self, new: GroupSpec) {
+        let changes = diff_children(&self.spec.children, &new.children);
+        let mut retire = Vec::new();
+        for c in &changes {
+            let Some(old) = c.old else { continue };
+            match &c.change {
+                Change::Removed | Change::Restart => {
+                    retire.extend(self.node_slots[old].iter().copied())
+                }
+                Change::Scale { to, .. } => retire.extend(
+                    self.node_slots[old]
+                        .iter()
+                        .copied()
+                        .filter(|&s| self.slots[s].replica >= *to),
+                ),
+                Change::Unchanged | Change::Regroup | Change::Added => {}
+            }
+        }
+        let running: Vec<usize> = retire
+            .iter()
+            .copied()
+            .filter(|&s| self.slots[s].state == State::Running)
+            .collect();
+        let deadline = Instant::now() + new.shutdown_timeout.min(self.spec.shutdown_timeout);
+        self.stop_slots(&running, deadline).await;
+        for &s in &retire {
+            self.slots[s].removed = true;
+            self.slots[s].state = State::Down;
+            self.ctx.board.remove_tree(self.slot_key(s));
+        }
+        let old_names: Vec<String> = self.spec.children.iter().map(|c| c.name.clone()).collect();
+        self.spec = new;
+        for s in self.live().collect::<Vec<_>>() {
+            let name = &old_names[self.slots[s].node];
+            match self.spec.children.iter().position(|c| &c.name == name) {
+                Some(n) => self.slots[s].node = n,
+                None => self.slots[s].removed = true,
+            }
+        }
+        for c in &changes {
+            let Some(n) = c.new else { continue };
+            match &c.change {
+                Change::Added | Change::Restart => {
+                    for r in 0..self.replicas_of(n) {
+                        self.add_slot(n, r);
+                    }
+                }
+                Change::Scale { from, to } => {
+                    for r in *from..*to {
+                        self.add_slot(n, r);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Paths follow the pool size: `api` alone, `api#0`.. in a pool.
+        for s in self.live().collect::<Vec<_>>() {
+            let path = self.slot_path(self.slots[s].node, self.slots[s].replica);
+            if path != self.slots[s].path {
+                self.slots[s].path = path;
+                self.publish(s);
+            }
+        }
+        self.reindex();
+        for c in &changes {
+            if c.change != Change::Regroup {
+                continue;
+            }
+            let Some(n) = c.new else { continue };
+            let NodeKind::Group(sub) = &self.spec.children[n].kind else {
+                continue;
+            };
+            for &s in &self.node_slots[n] {
+                if let Some(tx) = &self.slots[s].down {
+                    let (reply, done) = oneshot::channel();
+                    if tx
+                        .send(Down::Reload {
+                            spec: sub.clone(),
+                            reply,
+                        })
+                        .is_ok()
+                    {
+                        let _ = done.await;
+                    }
+                }
+            }
+        }
     }
 
     /// Stops every child, in waves, by `min(deadline, now + shutdown_timeout)`.
@@ -403,7 +787,7 @@ impl Group {
         let begin = Instant::now();
         let d = deadline.min(begin + self.spec.shutdown_timeout);
         self.token.cancel();
-        let all: Vec<usize> = (0..self.slots.len()).collect();
+        let all: Vec<usize> = self.live().collect();
         let mut records = self.stop_slots(&all, d).await;
         // The group itself missed its deadline only if stopping ran into `d`; a worker killed
         // at its own, shorter stop_timeout is reported on that worker's line.
@@ -412,7 +796,7 @@ impl Group {
         records.insert(
             0,
             StopRecord {
-                path: crate::config::display_path(&self.path).to_string(),
+                path: display_path(&self.path).to_string(),
                 kind: "group",
                 pid: None,
                 signal: None,
@@ -463,30 +847,41 @@ impl Group {
         let mut waiting = Vec::new();
         let mut records = Vec::new();
         for &s in wave {
+            let kind = self.kind_of(self.slots[s].node);
             let slot = &mut self.slots[s];
-            let kind = match self.spec.children[slot.node].kind {
-                NodeKind::Worker(_) => "worker",
-                NodeKind::Group(_) => "group",
-            };
             let down = slot.down.take();
             slot.state = State::Down;
+            let path = slot.path.clone();
             match down {
                 Some(tx) => {
                     let (reply, rx) = oneshot::channel();
                     if tx.send(Down::Stop { deadline: d, reply }).is_ok() {
-                        waiting.push((slot.path.clone(), kind, rx));
+                        self.set_status(s, NodeState::Stopping);
+                        waiting.push((s, path, kind, rx));
                         continue;
                     }
-                    records.push(not_running(&slot.path, kind));
+                    records.push(not_running(&path, kind));
                 }
-                None => records.push(not_running(&slot.path, kind)),
+                None => records.push(not_running(&path, kind)),
             }
         }
-        let replies = join_all(waiting.into_iter().map(|(path, kind, rx)| async move {
-            rx.await.unwrap_or_else(|_| vec![not_running(&path, kind)])
+        let replies = join_all(waiting.into_iter().map(|(s, path, kind, rx)| async move {
+            let r = rx.await.unwrap_or_default();
+            let r = if r.is_empty() {
+                vec![not_running(&path, kind)]
+            } else {
+                r
+            };
+            (s, r)
         }))
         .await;
-        records.extend(replies.into_iter().flatten());
+        for (s, r) in replies {
+            let mine = display_path(&self.slots[s].path).to_string();
+            self.slots[s].stop_report = r.iter().find(|rec| rec.path == mine).cloned();
+            self.slots[s].pid = None;
+            self.set_status(s, NodeState::Stopped);
+            records.extend(r);
+        }
         records
     }
 }

@@ -17,10 +17,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::config::GroupSpec;
 use crate::report::{StopOutcome, StopRecord};
+use crate::status::StatusBoard;
 
 /// What every task of the tree shares.
 pub(crate) struct Ctx {
+    pub board: StatusBoard,
     /// Changes after every SIGCHLD (once orphans are reaped): process groups may be empty.
     pub child_events: watch::Receiver<u64>,
     pub tracker: TaskTracker,
@@ -37,6 +40,12 @@ pub(crate) enum TreeEvent {
 /// A child's report to its group. `run` tells stale reports of an earlier run apart.
 #[derive(Debug)]
 pub(crate) enum Up {
+    /// A worker's process was spawned.
+    Started {
+        slot: usize,
+        run: u64,
+        pid: u32,
+    },
     Ready {
         slot: usize,
         run: u64,
@@ -59,9 +68,11 @@ pub(crate) struct Outcome {
     /// A group whose children have all ended for good: nothing to restart.
     pub settled: bool,
     pub ran_for: Duration,
+    /// "exit status 1", "signal SIGKILL", "spawn failed: ...".
+    pub exit: Option<String>,
 }
 
-/// A group's request to a child.
+/// A request to a child from its group (or to the root from the tree controller).
 #[derive(Debug)]
 pub(crate) enum Down {
     /// Stop by `deadline` and answer with the stop records of everything stopped.
@@ -69,7 +80,35 @@ pub(crate) enum Down {
         deadline: Instant,
         reply: oneshot::Sender<Vec<StopRecord>>,
     },
+    /// An operator's start/stop/restart of the node at `target` (path segments below this
+    /// group). Only groups receive it.
+    Control {
+        op: Op,
+        target: Vec<String>,
+        reply: oneshot::Sender<ControlResult>,
+    },
+    /// Apply a new version of this group's spec. Only groups receive it.
+    Reload {
+        spec: GroupSpec,
+        reply: oneshot::Sender<()>,
+    },
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// What a control operation did.
+#[derive(Debug, Clone)]
+pub struct ControlDone {
+    pub message: String,
+    pub records: Vec<StopRecord>,
+}
+
+pub type ControlResult = Result<ControlDone, String>;
 
 /// A child's way to talk to its group.
 #[derive(Debug, Clone)]
@@ -80,6 +119,13 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    fn started(&self, pid: u32) {
+        let _ = self.up.send(Up::Started {
+            slot: self.slot,
+            run: self.run,
+            pid,
+        });
+    }
     fn ready(&self) {
         let _ = self.up.send(Up::Ready {
             slot: self.slot,
@@ -126,11 +172,34 @@ async fn answer_with(
     down: &mut mpsc::UnboundedReceiver<Down>,
     records: Vec<StopRecord>,
 ) {
-    let cmd = match first {
-        Some(c) => Some(c),
-        None => down.recv().await,
-    };
-    if let Some(Down::Stop { reply, .. }) = cmd {
-        let _ = reply.send(records);
+    let mut next = first;
+    loop {
+        let cmd = match next.take() {
+            Some(c) => Some(c),
+            None => down.recv().await,
+        };
+        match cmd {
+            Some(Down::Stop { reply, .. }) => {
+                let _ = reply.send(records);
+                return;
+            }
+            Some(other) => refuse(other, "it is not running"),
+            None => return,
+        }
+    }
+}
+
+/// Answers a control or reload request that cannot be carried out now.
+pub(crate) fn refuse(cmd: Down, why: &str) {
+    match cmd {
+        Down::Control { reply, .. } => {
+            let _ = reply.send(Err(why.to_string()));
+        }
+        Down::Reload { reply, .. } => {
+            let _ = reply.send(());
+        }
+        Down::Stop { reply, .. } => {
+            let _ = reply.send(vec![]);
+        }
     }
 }

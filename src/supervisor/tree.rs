@@ -1,10 +1,11 @@
-//! The tree controller: starts the root group, listens for signals and tree-wide events, and
-//! carries out the shutdown: stop the root within its deadline, stop any adopted stray
-//! processes, write the report, pick the exit code. A second SIGINT/SIGTERM during the
-//! shutdown SIGKILLs everything at once.
+//! The tree controller: starts the root group, serves signals, control requests and tree-wide
+//! events, applies reloads, and carries out the shutdown: stop the root within its deadline,
+//! stop any adopted stray processes, write the report, pick the exit code. A second
+//! SIGINT/SIGTERM during the shutdown SIGKILLs everything at once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -14,11 +15,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::group::{run_group, GroupRun};
-use super::{Ctx, Down, Link, TreeEvent, Up};
-use crate::config::TreeSpec;
+use super::{Ctx, Down, Link, Op, TreeEvent, Up};
+use crate::config::{self, TreeSpec};
+use crate::control::protocol::{Request, Response};
+use crate::control::server::{self, ControlRequest, Daemon};
+use crate::diff;
 use crate::process::{group, reap, registry};
 use crate::report::{millis, ShutdownReport, StopOutcome, StopRecord};
-use crate::signals::{is_stop_request, Received, SignalStream};
+use crate::signals::{is_stop_request, SignalStream};
+use crate::status::{Entry, NodeState, StatusBoard};
 
 pub struct RunOptions {
     pub shutdown_report: Option<PathBuf>,
@@ -31,16 +36,34 @@ pub mod exit {
     pub const KILLED: i32 = 3;
 }
 
+/// What the controller was given to work with.
+pub struct Inputs {
+    pub spec: TreeSpec,
+    pub signals: SignalStream,
+    pub child_events: watch::Receiver<u64>,
+    pub board: StatusBoard,
+    pub control: mpsc::UnboundedReceiver<ControlRequest>,
+    pub daemon: Arc<Daemon>,
+    pub daemon_state: watch::Sender<&'static str>,
+    pub options: RunOptions,
+}
+
 /// Runs the tree until it is shut down; returns the process exit code.
-pub async fn run(
-    spec: TreeSpec,
-    mut signals: SignalStream,
-    child_events: watch::Receiver<u64>,
-    options: RunOptions,
-) -> i32 {
+pub async fn run(inputs: Inputs) -> i32 {
+    let Inputs {
+        mut spec,
+        mut signals,
+        child_events,
+        board,
+        mut control,
+        daemon,
+        daemon_state,
+        options,
+    } = inputs;
     let (tree_tx, mut tree_rx) = mpsc::unbounded_channel();
     let tracker = TaskTracker::new();
     let ctx = Arc::new(Ctx {
+        board: board.clone(),
         child_events: child_events.clone(),
         tracker: tracker.clone(),
         tree: tree_tx,
@@ -51,7 +74,8 @@ pub async fn run(
     let root = GroupRun {
         spec: Arc::new(spec.root.clone()),
         path: String::new(),
-        delay: std::time::Duration::ZERO,
+        key: vec![],
+        delay: Duration::ZERO,
         token: root_token.clone(),
         permit: None,
         link: Link {
@@ -62,10 +86,21 @@ pub async fn run(
         down: down_rx,
         ctx,
     };
-    let workers = count_workers(&spec.root);
+    let root_entry = |state: NodeState| Entry {
+        path: String::new(),
+        kind: "group",
+        state,
+        pid: Some(std::process::id()),
+        since: Some(daemon.started),
+        restarts: 0,
+        last_exit: None,
+        next_restart_at: None,
+        stop_report: None,
+    };
+    board.put(vec![], root_entry(NodeState::Starting));
     info!(
         config = %spec.source.display(),
-        workers,
+        workers = count_workers(&spec.root),
         pid = std::process::id(),
         "arborist starting"
     );
@@ -79,13 +114,40 @@ pub async fn run(
                     break (format!("received {sig}"), exit::OK);
                 }
                 match sig.signal {
-                    Signal::SIGHUP => warn!("received SIGHUP: reload is not supported yet; the tree runs on unchanged"),
-                    Signal::SIGUSR1 => info!("received SIGUSR1: status reporting arrives with the control socket"),
+                    Signal::SIGHUP => {
+                        info!("received {sig}: reloading {}", spec.source.display());
+                        start_reload(&mut spec, &down_tx, &daemon_state, None);
+                    }
+                    Signal::SIGUSR1 => log_status(&board, &daemon).await,
                     _ => {}
                 }
             }
+            Some(req) = control.recv() => {
+                let ControlRequest { request, reply } = req;
+                match request {
+                    Request::Shutdown => {
+                        let _ = reply.send(Response::message("shutting down"));
+                        break ("shutdown requested over the control socket".to_string(), exit::OK);
+                    }
+                    Request::Reload => {
+                        info!("reload requested over the control socket");
+                        start_reload(&mut spec, &down_tx, &daemon_state, Some(reply));
+                    }
+                    Request::Start { path } => route(Op::Start, &path, &down_tx, reply),
+                    Request::Stop { path } => route(Op::Stop, &path, &down_tx, reply),
+                    Request::Restart { path } => route(Op::Restart, &path, &down_tx, reply),
+                    Request::Status => {
+                        let _ = reply.send(server::status(&board, &daemon).await);
+                    }
+                }
+            }
             Some(event) = up_rx.recv() => match event {
-                Up::Ready { .. } => info!(workers, "tree ready: every worker is up"),
+                Up::Started { .. } => {}
+                Up::Ready { .. } => {
+                    board.put(vec![], root_entry(NodeState::Ready));
+                    daemon_state.send_replace("running");
+                    info!(workers = count_workers(&spec.root), "tree ready: every worker is up");
+                }
                 Up::Ended { outcome, .. } => {
                     if outcome.settled {
                         let code = if outcome.failed { exit::FAILED } else { exit::OK };
@@ -102,11 +164,13 @@ pub async fn run(
         }
     };
 
+    daemon_state.send_replace("stopping");
+    board.put(vec![], root_entry(NodeState::Stopping));
     let started = Instant::now();
     let deadline = started + spec.root.shutdown_timeout;
     info!(
         reason = %reason,
-        deadline_ms = spec.root.shutdown_timeout.as_millis() as u64,
+        deadline_ms = millis(spec.root.shutdown_timeout),
         "shutdown: {reason}; stopping the tree top-down within {}",
         humantime::format_duration(spec.root.shutdown_timeout)
     );
@@ -121,17 +185,34 @@ pub async fn run(
         records.extend(stop_strays(deadline, child_events.clone()).await);
         records
     };
-    let records = tokio::select! {
-        records = stop => records,
-        sig = second_stop_request(&mut signals) => {
-            error!("received {sig} during shutdown: killing everything now");
-            kill_everything();
-            return 128 + sig.signal as i32;
+    tokio::pin!(stop);
+    let records = loop {
+        tokio::select! {
+            records = &mut stop => break records,
+            sig = signals.next() => {
+                if is_stop_request(&sig) {
+                    error!("received {sig} during shutdown: killing everything now");
+                    kill_everything();
+                    return 128 + sig.signal as i32;
+                }
+                if sig.signal == Signal::SIGUSR1 {
+                    log_status(&board, &daemon).await;
+                } else {
+                    warn!("received {sig} during shutdown: ignored");
+                }
+            }
+            Some(req) = control.recv() => {
+                let reply = match req.request {
+                    Request::Status => server::status(&board, &daemon).await,
+                    _ => Response::error("arborist is shutting down"),
+                };
+                let _ = req.reply.send(reply);
+            }
         }
     };
     tracker.close();
     // Log capture tasks end when the last writer of each pipe is gone, which is now.
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(250), tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(250), tracker.wait()).await;
 
     let report = ShutdownReport::new(
         reason,
@@ -154,13 +235,114 @@ pub async fn run(
     code
 }
 
-async fn second_stop_request(signals: &mut SignalStream) -> Received {
-    loop {
-        let sig = signals.next().await;
-        if is_stop_request(&sig) {
-            return sig;
+/// Sends an operator's node request to the root group; the reply goes straight to the client.
+fn route(op: Op, path: &str, root: &mpsc::UnboundedSender<Down>, reply: oneshot::Sender<Response>) {
+    let target: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if target.is_empty() {
+        let _ = reply.send(Response::error(
+            "give a node path such as backend/api or backend/api#2 (use shutdown for the whole tree)",
+        ));
+        return;
+    }
+    let (tx, rx) = oneshot::channel();
+    if root
+        .send(Down::Control {
+            op,
+            target,
+            reply: tx,
+        })
+        .is_err()
+    {
+        let _ = reply.send(Response::error("the tree is not running"));
+        return;
+    }
+    tokio::spawn(async move {
+        let response = match rx.await {
+            Ok(Ok(done)) => Response::message(done.message).with_report(&done.records),
+            Ok(Err(e)) => Response::error(e),
+            Err(_) => Response::error("the tree is not running"),
+        };
+        let _ = reply.send(response);
+    });
+}
+
+/// Re-reads and validates the file; if valid, hands the new spec to the root group, which
+/// applies it. An invalid file changes nothing: its errors are logged and returned.
+fn start_reload(
+    spec: &mut TreeSpec,
+    root: &mpsc::UnboundedSender<Down>,
+    state: &watch::Sender<&'static str>,
+    reply: Option<oneshot::Sender<Response>>,
+) {
+    let new = match config::load(&spec.source) {
+        Ok(new) => new,
+        Err(e) => {
+            let errors: Vec<String> = e
+                .to_string()
+                .lines()
+                .map(|l| l.replace("; nothing was started", ""))
+                .collect();
+            error!("reload rejected; the tree runs on unchanged");
+            for line in &errors {
+                error!("{line}");
+            }
+            if let Some(reply) = reply {
+                let mut r = Response::error("invalid configuration: the tree runs on unchanged");
+                r.errors = errors;
+                let _ = reply.send(r);
+            }
+            return;
         }
-        warn!("received {sig} during shutdown: ignored");
+    };
+    if new.control_socket != spec.control_socket {
+        warn!("control_socket changed: the new path takes effect at the next start");
+    }
+    let summary = diff::summarize(&spec.root, &new.root);
+    if summary.is_empty() {
+        info!("reload: no changes");
+    } else {
+        info!("reload: {}", summary.line());
+    }
+    *spec = TreeSpec {
+        control_socket: spec.control_socket.clone(),
+        ..new
+    };
+    let (tx, rx) = oneshot::channel();
+    let _ = root.send(Down::Reload {
+        spec: spec.root.clone(),
+        reply: tx,
+    });
+    state.send_replace("reloading");
+    let state = state.clone();
+    tokio::spawn(async move {
+        let _ = rx.await;
+        // Only a reload moves the state back; a shutdown that began meanwhile keeps its own.
+        state.send_if_modified(|s| {
+            let was = *s == "reloading";
+            if was {
+                *s = "running";
+            }
+            was
+        });
+        info!("reload applied");
+        if let Some(reply) = reply {
+            let _ = reply.send(Response::message("reloaded").with_diff(&summary));
+        }
+    });
+}
+
+/// SIGUSR1: the status tree, one log line per node.
+async fn log_status(board: &StatusBoard, daemon: &Daemon) {
+    let response = server::status(board, daemon).await;
+    let nodes = response.nodes.unwrap_or_default();
+    info!("status ({} nodes):", nodes.len());
+    for line in crate::status::render_text(&nodes).lines() {
+        info!("  {line}");
     }
 }
 
@@ -182,7 +364,7 @@ async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) 
         t.signal(Signal::SIGTERM);
         t.signal(Signal::SIGCONT);
     }
-    let until = deadline.max(Instant::now() + std::time::Duration::from_millis(100));
+    let until = deadline.max(Instant::now() + Duration::from_millis(100));
     let alive = || {
         reap::reap_orphans();
         targets.iter().any(|t| t.alive())
@@ -213,17 +395,8 @@ async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) 
             exit: None,
         });
     }
-    let mut events = child_events.clone();
-    let after_kill = Instant::now() + std::time::Duration::from_secs(2);
-    group::wait_gone(
-        || {
-            reap::reap_orphans();
-            targets.iter().any(|t| t.alive())
-        },
-        after_kill,
-        &mut events,
-    )
-    .await;
+    let after_kill = Instant::now() + Duration::from_secs(2);
+    group::wait_gone(alive, after_kill, &mut child_events).await;
     for &pid in &strays {
         reap::try_reap(pid);
     }

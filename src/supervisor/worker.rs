@@ -83,6 +83,7 @@ impl WorkerRun {
                     spawn_error: true,
                     settled: false,
                     ran_for: Duration::ZERO,
+                    exit: Some(format!("spawn failed: {}: {e}", argv[0])),
                 });
                 return;
             }
@@ -90,6 +91,7 @@ impl WorkerRun {
         let pid = child.id().unwrap_or(0) as i32;
         registry::add_group(pid);
         info!(path = %self.path, pid, "started");
+        self.link.started(pid as u32);
         for (pipe, stream) in [
             (child.stdout.take().map(either_out), "stdout"),
             (child.stderr.take().map(either_err), "stderr"),
@@ -123,12 +125,16 @@ impl WorkerRun {
             tokio::select! {
                 biased;
                 cmd = self.down.recv() => {
-                    let deadline = match &cmd {
-                        Some(Down::Stop { deadline, .. }) => *deadline,
-                        None => Instant::now() + spec.stop_timeout,
+                    let (deadline, reply) = match cmd {
+                        Some(Down::Stop { deadline, reply }) => (deadline, Some(reply)),
+                        Some(other) => {
+                            super::refuse(other, "a worker takes no such request");
+                            continue;
+                        }
+                        None => (Instant::now() + spec.stop_timeout, None),
                     };
                     let record = self.stop(&mut child, pid, deadline).await;
-                    if let Some(Down::Stop { reply, .. }) = cmd {
+                    if let Some(reply) = reply {
                         let _ = reply.send(vec![record]);
                     }
                     return;
@@ -167,6 +173,7 @@ impl WorkerRun {
             spawn_error: false,
             settled: false,
             ran_for,
+            exit: Some(what),
         });
     }
 

@@ -46,7 +46,9 @@ impl Spawned {
         let stderr = dir.join(format!("{name}.err"));
         let stdout = dir.join(format!("{name}.out"));
         cmd.stdout(File::create(&stdout).expect("stdout file"))
-            .stderr(File::create(&stderr).expect("stderr file"));
+            .stderr(File::create(&stderr).expect("stderr file"))
+            // Each daemon gets its own default control socket, in the test's own dir.
+            .env("XDG_RUNTIME_DIR", dir);
         let child = cmd.spawn().expect("spawn");
         Spawned {
             child,

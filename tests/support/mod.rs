@@ -171,6 +171,8 @@ impl Arborist {
         let mut cmd = Command::new(BIN);
         cmd.arg("run")
             .arg(config)
+            .arg("--socket")
+            .arg(cwd.join("arborist.sock"))
             .args(extra)
             .current_dir(cwd)
             .env_remove("RUST_LOG")

@@ -1,0 +1,138 @@
+//! The control protocol: one JSON object per line each way. Requests carry `cmd` and, for
+//! node verbs, `path`; replies carry `ok` and either the result or `error`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::diff::ReloadSummary;
+use crate::report::StopRecord;
+use crate::status::NodeStatus;
+
+/// Longest request line accepted; longer ones get an error reply and the connection closes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Start { path: String },
+    Stop { path: String },
+    Restart { path: String },
+    Reload,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Config errors of a rejected reload, one per line as `check` prints them.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `status`: every node in tree order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeStatus>>,
+    /// `status`: the daemon itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonInfo>,
+    /// `stop`/`restart`: what was stopped, how long it took, deadline met or killed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<Vec<serde_json::Value>>,
+    /// `reload`: what changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub version: String,
+    pub config: String,
+    pub uptime_ms: u64,
+    pub state: String,
+}
+
+impl Response {
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn message(message: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_report(mut self, records: &[StopRecord]) -> Response {
+        self.report = Some(
+            records
+                .iter()
+                .filter_map(|r| serde_json::to_value(r).ok())
+                .collect(),
+        );
+        self
+    }
+
+    pub fn with_diff(mut self, diff: &ReloadSummary) -> Response {
+        self.diff = serde_json::to_value(diff).ok();
+        self
+    }
+}
+
+/// Parses one request line; the error is what the client is told.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let line = line.trim();
+    if line.is_empty() {
+        return Err("empty request".into());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("bad request: not JSON: {e}"))?;
+    let Some(object) = value.as_object() else {
+        return Err("bad request: expected an object such as {\"cmd\":\"status\"}".into());
+    };
+    // serde ignores unknown fields of unit variants even with deny_unknown_fields.
+    if let Some(k) = object.keys().find(|k| *k != "cmd" && *k != "path") {
+        return Err(format!("bad request: unknown field `{k}`"));
+    }
+    serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_verb() {
+        assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(r#"{"cmd":"stop","path":"backend/api#1"}"#),
+            Ok(Request::Stop {
+                path: "backend/api#1".into()
+            })
+        );
+        assert_eq!(parse_request(r#" {"cmd":"reload"} "#), Ok(Request::Reload));
+    }
+
+    #[test]
+    fn rejects_malformed_and_unknown_requests() {
+        for bad in [
+            "",
+            "nonsense",
+            "{}",
+            r#"{"cmd":"explode"}"#,
+            r#"{"cmd":"stop"}"#,
+            r#"{"cmd":"status","extra":1}"#,
+            "[1,2]",
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

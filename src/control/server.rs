@@ -1,0 +1,178 @@
+//! The daemon's end of the control socket. Each connection is its own task, so a client that
+//! connects and never writes blocks nobody. Requests are bounded in size; a malformed one gets
+//! an error reply and the connection stays usable. `status` is answered from the status board
+//! directly; everything else goes to the tree controller.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::protocol::{parse_request, DaemonInfo, Request, Response, MAX_REQUEST};
+use crate::status::StatusBoard;
+
+/// A request for the tree controller, with where to send the answer.
+pub struct ControlRequest {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another arborist is already running on {0} (stop it first, or pass --socket)")]
+    InUse(PathBuf),
+    #[error("cannot create the control socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Removes the socket file when the daemon exits.
+pub struct SocketGuard {
+    path: PathBuf,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the socket with mode 0600. A socket file nobody answers on (left by a crashed run)
+/// is replaced; one a live daemon answers on is an error.
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard), BindError> {
+    let io_err = |source| BindError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                warn!(socket = %path.display(), "replacing a stale control socket left by an earlier run");
+                std::fs::remove_file(path).map_err(io_err)?;
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    // The socket is created with the umask's mode; make it 0600 from the first instant.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok((
+        listener,
+        SocketGuard {
+            path: path.to_path_buf(),
+        },
+    ))
+}
+
+/// What `status` says about the daemon itself.
+pub struct Daemon {
+    pub config: String,
+    pub started: Instant,
+    /// "starting", "running", "reloading", "stopping".
+    pub state: watch::Receiver<&'static str>,
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    requests: mpsc::UnboundedSender<ControlRequest>,
+    board: StatusBoard,
+    daemon: Arc<Daemon>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let requests = requests.clone();
+                let board = board.clone();
+                let daemon = Arc::clone(&daemon);
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, requests, board, daemon).await {
+                        debug!("control connection ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and the like: keep serving the connections we have.
+                warn!("control socket accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    stream: UnixStream,
+    requests: mpsc::UnboundedSender<ControlRequest>,
+    board: StatusBoard,
+    daemon: Arc<Daemon>,
+) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_REQUEST {
+            let reply = Response::error(format!(
+                "request too large (limit {} KiB); closing the connection",
+                MAX_REQUEST / 1024
+            ));
+            send(&mut write, &reply).await?;
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line);
+        let reply = match parse_request(&text) {
+            Err(e) => Response::error(e),
+            Ok(Request::Status) => status(&board, &daemon).await,
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if requests
+                    .send(ControlRequest { request, reply: tx })
+                    .is_err()
+                {
+                    Response::error("arborist is exiting")
+                } else {
+                    rx.await
+                        .unwrap_or_else(|_| Response::error("arborist is exiting"))
+                }
+            }
+        };
+        send(&mut write, &reply).await?;
+    }
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Response) -> io::Result<()> {
+    let mut text = serde_json::to_string(reply).map_err(io::Error::other)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+pub async fn status(board: &StatusBoard, daemon: &Daemon) -> Response {
+    let nodes = board.snapshot().await;
+    Response {
+        ok: true,
+        nodes: Some(nodes),
+        daemon: Some(DaemonInfo {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: daemon.config.clone(),
+            uptime_ms: crate::report::millis(daemon.started.elapsed()),
+            state: daemon.state.borrow().to_string(),
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,255 @@
+//! The status board: an actor task that holds the latest state of every node, written by the
+//! groups that own the nodes (fire-and-forget messages) and read by `status`, SIGUSR1 and the
+//! control socket. Readers never wait for a busy group: a group in the middle of a long stop
+//! still has its nodes shown, as `stopping`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::report::{millis, StopRecord};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Waiting for its dependencies or a start permit.
+    Waiting,
+    /// Spawned, readiness probe not passed yet (a group: not all children ready).
+    Starting,
+    /// Up, and has no readiness probe.
+    Running,
+    /// Up and its probe passed (a group: all children ready).
+    Ready,
+    /// Waiting out the restart delay.
+    Backoff,
+    Stopping,
+    /// Stopped by an operator or at shutdown, or ended for good with exit 0.
+    Stopped,
+    /// Ended for good with a failure, or (a group) restart intensity exceeded.
+    Failed,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Waiting => "waiting",
+            NodeState::Starting => "starting",
+            NodeState::Running => "running",
+            NodeState::Ready => "ready",
+            NodeState::Backoff => "backoff",
+            NodeState::Stopping => "stopping",
+            NodeState::Stopped => "stopped",
+            NodeState::Failed => "failed",
+        }
+    }
+}
+
+/// What a group publishes about one of its nodes.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: String,
+    pub kind: &'static str,
+    pub state: NodeState,
+    pub pid: Option<u32>,
+    pub since: Option<Instant>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub next_restart_at: Option<Instant>,
+    pub stop_report: Option<StopRecord>,
+}
+
+/// One node as `status --json` shows it (schema in docs/control.md).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub path: String,
+    pub kind: String,
+    pub state: String,
+    /// Nesting level, 0 for the root.
+    pub depth: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    pub restarts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_restart_in_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_report: Option<serde_json::Value>,
+}
+
+/// Position of a node in the tree: slot indexes from the root. Sorting by it gives tree order.
+pub type OrderKey = Vec<u32>;
+
+enum Msg {
+    Put(OrderKey, Box<Entry>),
+    /// Removes a key and everything under it (a removed group).
+    RemoveTree(OrderKey),
+    Snapshot(oneshot::Sender<Vec<NodeStatus>>),
+}
+
+#[derive(Clone, Debug)]
+pub struct StatusBoard {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl StatusBoard {
+    /// Starts the board's task.
+    pub fn start() -> StatusBoard {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut nodes: BTreeMap<OrderKey, Entry> = BTreeMap::new();
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Msg::Put(k, e) => {
+                        nodes.insert(k, *e);
+                    }
+                    Msg::RemoveTree(k) => nodes.retain(|key, _| !key.starts_with(&k)),
+                    Msg::Snapshot(reply) => {
+                        let now = Instant::now();
+                        let out = nodes.iter().map(|(k, e)| render(k, e, now)).collect();
+                        let _ = reply.send(out);
+                    }
+                }
+            }
+        });
+        StatusBoard { tx }
+    }
+
+    pub fn put(&self, key: OrderKey, entry: Entry) {
+        let _ = self.tx.send(Msg::Put(key, Box::new(entry)));
+    }
+
+    pub fn remove_tree(&self, key: OrderKey) {
+        let _ = self.tx.send(Msg::RemoveTree(key));
+    }
+
+    pub async fn snapshot(&self) -> Vec<NodeStatus> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Msg::Snapshot(tx));
+        rx.await.unwrap_or_default()
+    }
+}
+
+fn render(key: &OrderKey, e: &Entry, now: Instant) -> NodeStatus {
+    let up = matches!(
+        e.state,
+        NodeState::Running | NodeState::Ready | NodeState::Starting | NodeState::Stopping
+    );
+    NodeStatus {
+        path: crate::config::display_path(&e.path).to_string(),
+        kind: e.kind.to_string(),
+        state: e.state.as_str().to_string(),
+        depth: key.len(),
+        pid: e.pid.filter(|_| up),
+        uptime_ms: e
+            .since
+            .filter(|_| up)
+            .map(|s| millis(now.saturating_duration_since(s))),
+        restarts: e.restarts,
+        last_exit: e.last_exit.clone(),
+        next_restart_in_ms: e
+            .next_restart_at
+            .filter(|_| e.state == NodeState::Backoff)
+            .map(|t| millis(t.saturating_duration_since(now))),
+        stop_report: e
+            .stop_report
+            .as_ref()
+            .and_then(|r| serde_json::to_value(r).ok()),
+    }
+}
+
+/// The tree as text, like `systemctl status` / `pstree`.
+pub fn render_text(nodes: &[NodeStatus]) -> String {
+    let mut out = String::new();
+    let width = nodes
+        .iter()
+        .map(|n| n.depth * 3 + last_segment(&n.path).chars().count())
+        .max()
+        .unwrap_or(10)
+        .max(10);
+    for (i, n) in nodes.iter().enumerate() {
+        let name = if n.depth == 0 {
+            n.path.clone()
+        } else {
+            last_segment(&n.path).to_string()
+        };
+        let mut prefix = String::new();
+        for level in 1..n.depth {
+            // A vertical bar when an ancestor at this level has later siblings.
+            let more = nodes[i + 1..]
+                .iter()
+                .take_while(|m| m.depth >= level)
+                .any(|m| m.depth == level);
+            prefix.push_str(if more { "│  " } else { "   " });
+        }
+        if n.depth > 0 {
+            let last = !nodes[i + 1..]
+                .iter()
+                .take_while(|m| m.depth >= n.depth)
+                .any(|m| m.depth == n.depth);
+            prefix.push_str(if last { "└─ " } else { "├─ " });
+        }
+        let label = format!("{prefix}{name}");
+        let pad =
+            width.saturating_sub(label.chars().count() - prefix.chars().count() + n.depth * 3);
+        let mut line = format!("{label}{}  {:<6} {:<8}", " ".repeat(pad), n.kind, n.state);
+        if let Some(pid) = n.pid {
+            line.push_str(&format!("  pid {pid}"));
+        }
+        if let Some(up) = n.uptime_ms {
+            line.push_str(&format!("  up {}", short(Duration::from_millis(up))));
+        }
+        if n.kind == "worker" || n.restarts > 0 {
+            line.push_str(&format!("  restarts {}", n.restarts));
+        }
+        if let Some(next) = n.next_restart_in_ms {
+            line.push_str(&format!(
+                "  next start in {}",
+                short(Duration::from_millis(next))
+            ));
+        }
+        if let Some(exit) = &n.last_exit {
+            line.push_str(&format!("  last exit: {exit}"));
+        }
+        if let Some(r) = &n.stop_report {
+            let took = r.get("took_ms").and_then(|v| v.as_u64()).unwrap_or(0);
+            let outcome = r.get("outcome").and_then(|v| v.as_str()).unwrap_or("?");
+            let verdict = match outcome {
+                "met" => "deadline met",
+                "killed" => "KILLED at its deadline",
+                _ => "was not running",
+            };
+            line.push_str(&format!(
+                "  stop: {} ({verdict})",
+                short(Duration::from_millis(took))
+            ));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn last_segment(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if s < 60 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if s < 86400 {
+        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
+    } else {
+        format!("{}d{:02}h", s / 86400, (s / 3600) % 24)
+    }
+}
