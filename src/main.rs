@@ -1,25 +1,14 @@
 //! arborist: command-line dispatch only.
 
-mod check;
-mod cli;
-mod config;
-mod control;
-mod diff;
-mod logs;
-mod plan;
-mod process;
-mod report;
-mod signals;
-mod status;
-mod supervisor;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
-use control::protocol::Request;
-use supervisor::tree::RunOptions;
+use arborist::cli::{self, Cli, Command};
+use arborist::control::protocol::Request;
+use arborist::supervisor::tree::RunOptions;
+use arborist::{check, config, control, logs, process, signals, status, supervisor};
 
 const EXIT_USAGE: u8 = 2;
 
