@@ -1,6 +1,5 @@
 //! arborist: command-line dispatch only.
 
-
 use std::process::ExitCode;
 
 use clap::Parser;

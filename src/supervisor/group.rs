@@ -20,10 +20,10 @@ use super::backoff::BackoffState;
 use super::worker::{secs, WorkerRun};
 use super::{
     answer_not_running, answer_with, not_running, refuse, ControlDone, ControlResult, Ctx, Down,
-    Link, Op, Outcome, TreeEvent, Up,
+    Downlink, Link, Op, Outcome, TreeEvent, Up,
 };
 use crate::config::{
-    display_path, join_path, Backoff, GroupSpec, NodeKind, RestartPolicy, Strategy,
+    display_path, join_path, Backoff, GroupSpec, NodeKind, RestartPolicy, Strategy, WorkerSpec,
 };
 use crate::diff::{diff_children, Change};
 use crate::plan;
@@ -64,7 +64,7 @@ struct Slot {
     path: String,
     state: State,
     run: u64,
-    down: Option<mpsc::UnboundedSender<Down>>,
+    down: Option<Downlink>,
     /// Has been ready since it was last (re)started by the start sequence; gates dependents.
     ever_ready: bool,
     /// Ended and will not be restarted (restart policy); Some(clean exit).
@@ -103,6 +103,8 @@ struct Group {
     deps: Vec<Vec<usize>>,
     start_order: Vec<usize>,
     semaphore: Option<Arc<Semaphore>>,
+    /// One shared spec per worker node, so a pool of 1000 replicas holds one copy.
+    worker_specs: Vec<Option<Arc<WorkerSpec>>>,
     up: mpsc::UnboundedSender<Up>,
     restarts: VecDeque<Instant>,
 }
@@ -117,7 +119,7 @@ impl GroupRun {
                     biased;
                     cmd = self.down.recv() => match cmd {
                         Some(Down::Reload { spec, reply }) => {
-                            self.spec = Arc::new(spec);
+                            self.spec = Arc::new(*spec);
                             let _ = reply.send(());
                         }
                         Some(Down::Control { reply, .. }) => {
@@ -180,7 +182,7 @@ impl GroupRun {
                     }
                     Some(Down::Control { op, target, reply }) => group.control(op, target, reply).await,
                     Some(Down::Reload { spec, reply }) => {
-                        group.reload(spec).await;
+                        group.reload(*spec).await;
                         let _ = reply.send(());
                         group.start_pending();
                     }
@@ -218,6 +220,7 @@ impl Group {
             deps: Vec::new(),
             start_order: Vec::new(),
             semaphore: None,
+            worker_specs: Vec::new(),
             up,
             restarts: VecDeque::new(),
         };
@@ -295,6 +298,15 @@ impl Group {
             .spec
             .start_concurrency
             .map(|n| Arc::new(Semaphore::new(n)));
+        self.worker_specs = self
+            .spec
+            .children
+            .iter()
+            .map(|c| match &c.kind {
+                NodeKind::Worker(w) => Some(Arc::new((**w).clone())),
+                NodeKind::Group(_) => None,
+            })
+            .collect();
     }
 
     fn slot_key(&self, index: usize) -> OrderKey {
@@ -374,8 +386,6 @@ impl Group {
             slot.status = NodeState::Backoff;
             slot.next_start_at = Some(Instant::now() + delay);
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        slot.down = Some(tx);
         let link = Link {
             slot: index,
             run: slot.run,
@@ -384,21 +394,28 @@ impl Group {
         let token = self.token.child_token();
         let ctx = Arc::clone(&self.ctx);
         match &self.spec.children[slot.node].kind {
-            NodeKind::Worker(w) => {
+            NodeKind::Worker(_) => {
+                let Some(spec) = self.worker_specs[slot.node].clone() else {
+                    return;
+                };
+                let (tx, rx) = oneshot::channel();
+                slot.down = Some(Downlink::Worker(tx));
                 let run = WorkerRun {
-                    spec: Arc::new((**w).clone()),
+                    spec,
                     path: slot.path.clone(),
                     replica: slot.replica,
                     delay,
                     token,
                     permit,
                     link,
-                    down: rx,
+                    stop: rx,
                     ctx,
                 };
                 self.ctx.tracker.spawn(run.run());
             }
             NodeKind::Group(g) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                slot.down = Some(Downlink::Group(tx));
                 let run = GroupRun {
                     spec: Arc::new(g.clone()),
                     path: slot.path.clone(),
@@ -624,7 +641,7 @@ impl Group {
                 let _ = reply.send(Err(format!("{here} is not a group")));
                 return;
             };
-            match &self.slots[s].down {
+            match self.slots[s].down.as_ref().and_then(Downlink::group) {
                 Some(tx) if self.slots[s].state == State::Running => {
                     let msg = Down::Control {
                         op,
@@ -766,11 +783,11 @@ impl Group {
                 continue;
             };
             for &s in &self.node_slots[n] {
-                if let Some(tx) = &self.slots[s].down {
+                if let Some(tx) = self.slots[s].down.as_ref().and_then(Downlink::group) {
                     let (reply, done) = oneshot::channel();
                     if tx
                         .send(Down::Reload {
-                            spec: sub.clone(),
+                            spec: Box::new(sub.clone()),
                             reply,
                         })
                         .is_ok()
@@ -852,15 +869,10 @@ impl Group {
             let down = slot.down.take();
             slot.state = State::Down;
             let path = slot.path.clone();
-            match down {
-                Some(tx) => {
-                    let (reply, rx) = oneshot::channel();
-                    if tx.send(Down::Stop { deadline: d, reply }).is_ok() {
-                        self.set_status(s, NodeState::Stopping);
-                        waiting.push((s, path, kind, rx));
-                        continue;
-                    }
-                    records.push(not_running(&path, kind));
+            match down.and_then(|link| link.stop(d)) {
+                Some(rx) => {
+                    self.set_status(s, NodeState::Stopping);
+                    waiting.push((s, path, kind, rx));
                 }
                 None => records.push(not_running(&path, kind)),
             }

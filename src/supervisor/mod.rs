@@ -89,9 +89,43 @@ pub(crate) enum Down {
     },
     /// Apply a new version of this group's spec. Only groups receive it.
     Reload {
-        spec: GroupSpec,
+        spec: Box<GroupSpec>,
         reply: oneshot::Sender<()>,
     },
+}
+
+/// A stop request for a worker: its deadline, and where its stop record goes.
+#[derive(Debug)]
+pub(crate) struct StopRequest {
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Vec<StopRecord>>,
+}
+
+/// A group's line to one running child. A worker only ever gets one stop request, so a
+/// oneshot does (a channel per worker would cost a kilobyte each in a pool of 1000).
+#[derive(Debug)]
+pub(crate) enum Downlink {
+    Worker(oneshot::Sender<StopRequest>),
+    Group(mpsc::UnboundedSender<Down>),
+}
+
+impl Downlink {
+    /// Asks the child to stop by `deadline`; None if it is already gone.
+    pub fn stop(self, deadline: Instant) -> Option<oneshot::Receiver<Vec<StopRecord>>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = match self {
+            Downlink::Worker(tx) => tx.send(StopRequest { deadline, reply }).is_ok(),
+            Downlink::Group(tx) => tx.send(Down::Stop { deadline, reply }).is_ok(),
+        };
+        sent.then_some(rx)
+    }
+
+    pub fn group(&self) -> Option<&mpsc::UnboundedSender<Down>> {
+        match self {
+            Downlink::Group(tx) => Some(tx),
+            Downlink::Worker(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -314,7 +314,7 @@ fn start_reload(
     };
     let (tx, rx) = oneshot::channel();
     let _ = root.send(Down::Reload {
-        spec: spec.root.clone(),
+        spec: Box::new(spec.root.clone()),
         reply: tx,
     });
     state.send_replace("reloading");

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::process::Child;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::probe::{self, ProbeEnv};
-use super::{answer_not_running, Ctx, Down, Link, Outcome};
+use super::{Ctx, Link, Outcome, StopRequest};
 use crate::config::{LogMode, WorkerSpec};
 use crate::process::group::{group_alive, signal_group, wait_gone};
 use crate::process::registry;
@@ -36,7 +36,7 @@ pub(crate) struct WorkerRun {
     /// A `start_concurrency` permit, held until the worker is ready.
     pub permit: Option<OwnedSemaphorePermit>,
     pub link: Link,
-    pub down: mpsc::UnboundedReceiver<Down>,
+    pub stop: oneshot::Receiver<StopRequest>,
     pub ctx: Arc<Ctx>,
 }
 
@@ -47,15 +47,14 @@ impl WorkerRun {
             // biased: a stop request wins over the end of the backoff.
             tokio::select! {
                 biased;
-                cmd = self.down.recv() => {
-                    return answer_not_running(cmd, &mut self.down, &self.path, "worker").await;
-                }
+                req = &mut self.stop => return self.not_running(req.ok()),
                 _ = self.token.cancelled() => {}
                 _ = sleep_until(until) => {}
             }
         }
         if self.token.is_cancelled() {
-            return answer_not_running(None, &mut self.down, &self.path, "worker").await;
+            let req = (&mut self.stop).await.ok();
+            return self.not_running(req);
         }
         let spec = Arc::clone(&self.spec);
         let mut env = spec.env.clone();
@@ -92,15 +91,12 @@ impl WorkerRun {
         registry::add_group(pid);
         info!(path = %self.path, pid, "started");
         self.link.started(pid as u32);
-        for (pipe, stream) in [
-            (child.stdout.take().map(either_out), "stdout"),
-            (child.stderr.take().map(either_err), "stderr"),
-        ] {
-            if let Some(pipe) = pipe {
-                self.ctx
-                    .tracker
-                    .spawn(crate::logs::capture(pipe, self.path.clone(), stream));
-            }
+        let stdout = child.stdout.take().and_then(|p| p.into_owned_fd().ok());
+        let stderr = child.stderr.take().and_then(|p| p.into_owned_fd().ok());
+        if stdout.is_some() || stderr.is_some() {
+            self.ctx
+                .tracker
+                .spawn(crate::logs::capture(stdout, stderr, self.path.clone()));
         }
 
         let mut ready = spec.ready.is_none();
@@ -113,27 +109,23 @@ impl WorkerRun {
             env: &env,
             cwd: spec.cwd.as_deref(),
         };
-        let probe = async {
+        // Boxed, like the stop sequence below: the task of a worker without a probe, or not
+        // stopping, should not carry their state (a pool of 1000 pays for it 1000 times).
+        let mut probe: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
             match &spec.ready {
-                Some(r) => probe::wait_ready(r, &probe_env).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(probe);
+                Some(r) => Box::pin(probe::wait_ready(r, &probe_env)),
+                None => Box::pin(std::future::pending()),
+            };
         let status = loop {
             // biased: a stop request is served before an exit is reported or a probe runs.
             tokio::select! {
                 biased;
-                cmd = self.down.recv() => {
-                    let (deadline, reply) = match cmd {
-                        Some(Down::Stop { deadline, reply }) => (deadline, Some(reply)),
-                        Some(other) => {
-                            super::refuse(other, "a worker takes no such request");
-                            continue;
-                        }
-                        None => (Instant::now() + spec.stop_timeout, None),
+                req = &mut self.stop => {
+                    let (deadline, reply) = match req {
+                        Ok(StopRequest { deadline, reply }) => (deadline, Some(reply)),
+                        Err(_) => (Instant::now() + spec.stop_timeout, None),
                     };
-                    let record = self.stop(&mut child, pid, deadline).await;
+                    let record = Box::pin(self.stop(&mut child, pid, deadline)).await;
                     if let Some(reply) = reply {
                         let _ = reply.send(vec![record]);
                     }
@@ -162,7 +154,7 @@ impl WorkerRun {
         // The leader is gone; whatever it left in its process group goes with it.
         if group_alive(pid) {
             let deadline = Instant::now() + spec.stop_timeout;
-            let (_, killed) = self.terminate_group(pid, deadline, None).await;
+            let (_, killed) = Box::pin(self.terminate_group(pid, deadline, None)).await;
             if killed {
                 warn!(path = %self.path, "leftover processes ignored {}; killed", spec.stop_signal);
             }
@@ -175,6 +167,12 @@ impl WorkerRun {
             ran_for,
             exit: Some(what),
         });
+    }
+
+    fn not_running(&self, req: Option<StopRequest>) {
+        if let Some(StopRequest { reply, .. }) = req {
+            let _ = reply.send(vec![super::not_running(&self.path, "worker")]);
+        }
     }
 
     fn became_ready(&mut self) {
@@ -298,16 +296,13 @@ impl WorkerRun {
             }
         };
         let pid = child.id().unwrap_or(0) as i32;
-        let label = format!("{} (pre_stop)", self.path);
-        if let Some(out) = child.stdout.take() {
+        let stdout = child.stdout.take().and_then(|p| p.into_owned_fd().ok());
+        let stderr = child.stderr.take().and_then(|p| p.into_owned_fd().ok());
+        if stdout.is_some() || stderr.is_some() {
+            let label = format!("{} (pre_stop)", self.path);
             self.ctx
                 .tracker
-                .spawn(crate::logs::capture(out, label.clone(), "stdout"));
-        }
-        if let Some(err) = child.stderr.take() {
-            self.ctx
-                .tracker
-                .spawn(crate::logs::capture(err, label, "stderr"));
+                .spawn(crate::logs::capture(stdout, stderr, label));
         }
         tokio::select! {
             status = child.wait() => {
@@ -348,14 +343,4 @@ pub(crate) fn secs(d: Duration) -> String {
     } else {
         format!("{:.2}s", d.as_secs_f64())
     }
-}
-
-type Pipe = tokio_util::either::Either<tokio::process::ChildStdout, tokio::process::ChildStderr>;
-
-fn either_out(p: tokio::process::ChildStdout) -> Pipe {
-    tokio_util::either::Either::Left(p)
-}
-
-fn either_err(p: tokio::process::ChildStderr) -> Pipe {
-    tokio_util::either::Either::Right(p)
 }
