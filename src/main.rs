@@ -134,7 +134,10 @@ fn run(
         // Before anything starts: a second daemon on the same socket must not start at all.
         let (listener, socket_guard) = match control::server::bind(&socket) {
             Ok((l, g)) => (Some(l), Some(g)),
-            Err(e @ control::server::BindError::InUse(_)) => {
+            Err(
+                e @ (control::server::BindError::InUse(_)
+                | control::server::BindError::NotASocket(_)),
+            ) => {
                 eprintln!("arborist: {e}");
                 return i32::from(EXIT_USAGE);
             }

@@ -82,7 +82,8 @@ pub struct NodeStatus {
     pub stop_report: Option<serde_json::Value>,
 }
 
-/// Position of a node in the tree: slot indexes from the root. Sorting by it gives tree order.
+/// Position of a node in the tree: (child index in the spec, replica) for every level from
+/// the root. Sorting by it gives tree order, YAML order among siblings.
 pub type OrderKey = Vec<u32>;
 
 enum Msg {
@@ -144,7 +145,7 @@ fn render(key: &OrderKey, e: &Entry, now: Instant) -> NodeStatus {
         path: crate::config::display_path(&e.path).to_string(),
         kind: e.kind.to_string(),
         state: e.state.as_str().to_string(),
-        depth: key.len(),
+        depth: key.len() / 2,
         pid: e.pid.filter(|_| up),
         uptime_ms: e
             .since

@@ -27,6 +27,8 @@ pub struct ControlRequest {
 pub enum BindError {
     #[error("another arborist is already running on {0} (stop it first, or pass --socket)")]
     InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it (pass another --socket)")]
+    NotASocket(PathBuf),
     #[error("cannot create the control socket {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -49,7 +51,11 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard), BindError> {
         path: path.to_path_buf(),
         source,
     };
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(BindError::NotASocket(path.to_path_buf()));
+        }
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(BindError::InUse(path.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

@@ -118,8 +118,9 @@ impl GroupRun {
                 tokio::select! {
                     biased;
                     cmd = self.down.recv() => match cmd {
-                        Some(Down::Reload { spec, reply }) => {
+                        Some(Down::Reload { spec, key, reply }) => {
                             self.spec = Arc::new(*spec);
+                            self.key = key;
                             let _ = reply.send(());
                         }
                         Some(Down::Control { reply, .. }) => {
@@ -181,8 +182,8 @@ impl GroupRun {
                         return;
                     }
                     Some(Down::Control { op, target, reply }) => group.control(op, target, reply).await,
-                    Some(Down::Reload { spec, reply }) => {
-                        group.reload(*spec).await;
+                    Some(Down::Reload { spec, key, reply }) => {
+                        group.reload(*spec, key).await;
                         let _ = reply.send(());
                         group.start_pending();
                     }
@@ -311,7 +312,8 @@ impl Group {
 
     fn slot_key(&self, index: usize) -> OrderKey {
         let mut k = self.key.clone();
-        k.push(index as u32);
+        k.push(self.slots[index].node as u32);
+        k.push(self.slots[index].replica);
         k
     }
 
@@ -379,6 +381,12 @@ impl Group {
         slot.pending_delay = Duration::ZERO;
         slot.pid = None;
         slot.stop_report = None;
+        // A worker's uptime starts when its process does (Up::Started); a group's when it is
+        // launched.
+        slot.since = match self.spec.children[slot.node].kind {
+            NodeKind::Group(_) => Some(Instant::now() + delay),
+            NodeKind::Worker(_) => None,
+        };
         if delay.is_zero() {
             slot.status = NodeState::Starting;
             slot.next_start_at = None;
@@ -465,9 +473,6 @@ impl Group {
                 if current(self, slot, run) {
                     self.slots[slot].ever_ready = true;
                     if self.has_probe(self.slots[slot].node) {
-                        if self.slots[slot].since.is_none() {
-                            self.slots[slot].since = Some(Instant::now());
-                        }
                         self.set_status(slot, NodeState::Ready);
                     }
                 }
@@ -708,19 +713,23 @@ impl Group {
     }
 
     /// Applies a new version of this group's spec: removed children stop, changed workers
-    /// restart, pools scale (highest index first), nested groups apply their own part, and
-    /// everything else keeps running untouched.
-    async fn reload(&mut self, new: GroupSpec) {
+    /// restart, pools scale (the highest indexes stop), nested groups apply their own part,
+    /// and everything else keeps running untouched. A node an operator stopped stays stopped.
+    /// `key` is this group's (possibly new) place on the status board.
+    async fn reload(&mut self, new: GroupSpec, key: OrderKey) {
         let changes = diff_children(&self.spec.children, &new.children);
         let mut retire = Vec::new();
+        let mut held_nodes = Vec::new();
         for c in &changes {
             let Some(old) = c.old else { continue };
+            let slots = &self.node_slots[old];
+            if !slots.is_empty() && slots.iter().all(|&s| self.slots[s].held) {
+                held_nodes.push(c.name.clone());
+            }
             match &c.change {
-                Change::Removed | Change::Restart => {
-                    retire.extend(self.node_slots[old].iter().copied())
-                }
+                Change::Removed | Change::Restart => retire.extend(slots.iter().copied()),
                 Change::Scale { to, .. } => retire.extend(
-                    self.node_slots[old]
+                    slots
                         .iter()
                         .copied()
                         .filter(|&s| self.slots[s].replica >= *to),
@@ -738,8 +747,15 @@ impl Group {
         for &s in &retire {
             self.slots[s].removed = true;
             self.slots[s].state = State::Down;
-            self.ctx.board.remove_tree(self.slot_key(s));
         }
+        // Board keys follow spec positions, which may all move: drop this group's entries and
+        // publish them again below.
+        for node in 0..self.spec.children.len() {
+            let mut k = self.key.clone();
+            k.push(node as u32);
+            self.ctx.board.remove_tree(k);
+        }
+        self.key = key;
         let old_names: Vec<String> = self.spec.children.iter().map(|c| c.name.clone()).collect();
         self.spec = new;
         for s in self.live().collect::<Vec<_>>() {
@@ -751,47 +767,42 @@ impl Group {
         }
         for c in &changes {
             let Some(n) = c.new else { continue };
-            match &c.change {
-                Change::Added | Change::Restart => {
-                    for r in 0..self.replicas_of(n) {
-                        self.add_slot(n, r);
-                    }
+            let range = match &c.change {
+                Change::Added | Change::Restart => 0..self.replicas_of(n),
+                Change::Scale { from, to } if to > from => *from..*to,
+                _ => continue,
+            };
+            let held = held_nodes.contains(&c.name);
+            for r in range {
+                let s = self.add_slot(n, r);
+                if held {
+                    let slot = &mut self.slots[s];
+                    slot.held = true;
+                    slot.state = State::Down;
+                    slot.status = NodeState::Stopped;
                 }
-                Change::Scale { from, to } => {
-                    for r in *from..*to {
-                        self.add_slot(n, r);
-                    }
-                }
-                _ => {}
             }
         }
         // Paths follow the pool size: `api` alone, `api#0`.. in a pool.
         for s in self.live().collect::<Vec<_>>() {
-            let path = self.slot_path(self.slots[s].node, self.slots[s].replica);
-            if path != self.slots[s].path {
-                self.slots[s].path = path;
-                self.publish(s);
-            }
+            self.slots[s].path = self.slot_path(self.slots[s].node, self.slots[s].replica);
+            self.publish(s);
         }
         self.reindex();
-        for c in &changes {
-            if c.change != Change::Regroup {
-                continue;
-            }
-            let Some(n) = c.new else { continue };
+        // Nested groups apply their part, and learn their (possibly moved) board key.
+        for n in 0..self.spec.children.len() {
             let NodeKind::Group(sub) = &self.spec.children[n].kind else {
                 continue;
             };
             for &s in &self.node_slots[n] {
                 if let Some(tx) = self.slots[s].down.as_ref().and_then(Downlink::group) {
                     let (reply, done) = oneshot::channel();
-                    if tx
-                        .send(Down::Reload {
-                            spec: Box::new(sub.clone()),
-                            reply,
-                        })
-                        .is_ok()
-                    {
+                    let msg = Down::Reload {
+                        spec: Box::new(sub.clone()),
+                        key: self.slot_key(s),
+                        reply,
+                    };
+                    if tx.send(msg).is_ok() {
                         let _ = done.await;
                     }
                 }

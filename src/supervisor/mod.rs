@@ -87,9 +87,11 @@ pub(crate) enum Down {
         target: Vec<String>,
         reply: oneshot::Sender<ControlResult>,
     },
-    /// Apply a new version of this group's spec. Only groups receive it.
+    /// Apply a new version of this group's spec (possibly the same), and take `key` as this
+    /// group's place on the status board. Only groups receive it.
     Reload {
         spec: Box<GroupSpec>,
+        key: crate::status::OrderKey,
         reply: oneshot::Sender<()>,
     },
 }

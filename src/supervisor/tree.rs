@@ -315,17 +315,24 @@ fn start_reload(
     let (tx, rx) = oneshot::channel();
     let _ = root.send(Down::Reload {
         spec: Box::new(spec.root.clone()),
+        key: vec![],
         reply: tx,
     });
-    state.send_replace("reloading");
+    let before = state.send_replace("reloading");
+    let before = if before == "reloading" {
+        "running"
+    } else {
+        before
+    };
     let state = state.clone();
     tokio::spawn(async move {
         let _ = rx.await;
-        // Only a reload moves the state back; a shutdown that began meanwhile keeps its own.
+        // Back to what it was (`starting` stays `starting`), unless something else moved it
+        // meanwhile (the root became ready, a shutdown began).
         state.send_if_modified(|s| {
             let was = *s == "reloading";
             if was {
-                *s = "running";
+                *s = before;
             }
             was
         });
