@@ -66,7 +66,8 @@ pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
     };
     let mut v = Validator {
         file: source.to_path_buf(),
-        loc: Locations::index(text),
+        text,
+        loc: None,
         errors: Vec::new(),
     };
     let root = v.root(&value);
@@ -85,9 +86,11 @@ pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
     }
 }
 
-struct Validator {
+struct Validator<'t> {
     file: PathBuf,
-    loc: Locations,
+    text: &'t str,
+    /// Source positions, indexed on the first error only: a valid file never pays for it.
+    loc: Option<Locations>,
     errors: Vec<ConfigError>,
 }
 
@@ -117,7 +120,12 @@ impl<'a> At<'a> {
     }
 }
 
-impl Validator {
+impl Validator<'_> {
+    fn locations(&mut self) -> &Locations {
+        let text = self.text;
+        self.loc.get_or_insert_with(|| Locations::index(text))
+    }
+
     fn push(&mut self, pos: Option<Pos>, node: &str, message: String) {
         self.errors.push(ConfigError {
             file: self.file.clone(),
@@ -129,13 +137,15 @@ impl Validator {
 
     /// An error about a value, placed where the value is written.
     fn bad_value(&mut self, at: &At, message: String) {
-        let pos = self.loc.value(&at.yaml).or_else(|| self.loc.key(&at.yaml));
+        let loc = self.locations();
+        let pos = loc.value(&at.yaml).or_else(|| loc.key(&at.yaml));
         self.push(pos, at.node, message);
     }
 
     /// An error about a key itself (unknown, misplaced), placed on the key.
     fn bad_key(&mut self, at: &At, message: String) {
-        let pos = self.loc.key(&at.yaml).or_else(|| self.loc.value(&at.yaml));
+        let loc = self.locations();
+        let pos = loc.key(&at.yaml).or_else(|| loc.value(&at.yaml));
         self.push(pos, at.node, message);
     }
 

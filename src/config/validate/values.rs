@@ -11,7 +11,7 @@ use serde_yaml::{Mapping, Value};
 use super::{kind_of, scalar_text, show, At, Validator};
 use crate::config::schema::*;
 
-impl Validator {
+impl Validator<'_> {
     pub(super) fn string(&mut self, v: &Value, at: &At) -> Option<String> {
         match v {
             Value::String(s) => Some(s.clone()),
