@@ -160,6 +160,12 @@ fn run(
                 return 1;
             }
         };
+        // Two threads overlap the children's exec preparation; see process/spawn.rs.
+        if let Err(e) =
+            process::spawn::start_spawners(tokio::runtime::Handle::current(), 2)
+        {
+            tracing::warn!("cannot start spawner threads, spawning on the main thread: {e}");
+        }
         if let Err(e) = process::guardian::start() {
             tracing::warn!("cannot start the guardian process (grandchildren may outlive a SIGKILLed arborist): {e}");
         }

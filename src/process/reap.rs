@@ -4,7 +4,8 @@
 //! tokio collects the status of the children it spawned; a plain `waitpid(-1)` here would
 //! steal those statuses. So the reaper peeks with `waitid(P_ALL, WNOWAIT)`, reaps only PIDs
 //! that are not owned (see `registry`), and stops at the first owned zombie: tokio reaps that
-//! one, and `spawn::release` kicks the reaper again afterwards.
+//! one, and `spawn::release` kicks the reaper again afterwards. While a spawn is in flight on
+//! a spawner thread (forked, not yet registered), unknown zombies wait for the next pass.
 
 use std::sync::OnceLock;
 
@@ -59,6 +60,11 @@ pub fn reap_orphans() -> usize {
                 let Some(pid) = status.pid() else { break };
                 if registry::is_owned(pid.as_raw()) {
                     break; // tokio's to collect
+                }
+                // Checked after the peek: a child forked by a spawn still in flight may not be
+                // registered yet. The spawn kicks the reaper again when it completes.
+                if super::spawn::spawns_in_flight() > 0 {
+                    break;
                 }
                 let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
                 tracing::debug!(pid = pid.as_raw(), "reaped adopted orphan");

@@ -2,15 +2,21 @@
 //! grandchildren too), `PR_SET_PDEATHSIG=SIGKILL` (so it dies if arborist is SIGKILLed), the
 //! RLIMIT_NOFILE soft limit arborist started with, and an empty signal mask.
 //!
-//! PR_SET_PDEATHSIG fires when the *thread* that forked exits, not the process. arborist runs
-//! tokio's current-thread runtime on the main thread and spawns only from it, so the forking
-//! thread lives exactly as long as the daemon.
+//! PR_SET_PDEATHSIG fires when the *thread* that forked exits, not the process. The forks
+//! happen on a few spawner threads that are started once and never exit (or, before they are
+//! started, on the runtime's main thread), so the forking thread lives as long as the daemon.
+//!
+//! Why threads: `Command::spawn` returns only once the child has exec'd, and before exec the
+//! child closes every close-on-exec descriptor arborist holds (three per worker). Spawning
+//! 1000 workers one after another puts all of that on one critical path; two spawner threads
+//! overlap it.
 
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::unistd::{Gid, Uid};
@@ -53,9 +59,85 @@ pub enum Output {
     Null,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+static SPAWNERS: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+
+/// Spawns in flight on a spawner thread: between fork and [`registry::own`], the orphan reaper
+/// must not reap an unknown zombie, which could be such a child (see `reap`).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+pub fn spawns_in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::SeqCst)
+}
+
+/// Starts `threads` spawner threads that live as long as the process. Each enters the
+/// runtime so that tokio can register the children it spawns.
+pub fn start_spawners(runtime: tokio::runtime::Handle, threads: usize) -> io::Result<()> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..threads {
+        let rx = Arc::clone(&rx);
+        let runtime = runtime.clone();
+        std::thread::Builder::new()
+            .name(format!("spawner-{i}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _enter = runtime.enter();
+                loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        // Never reached while arborist runs: the sender lives in a static.
+                        Err(_) => std::thread::park(),
+                    }
+                }
+            })?;
+    }
+    let _ = SPAWNERS.set(Mutex::new(tx));
+    Ok(())
+}
+
 /// Spawns a child in a new process group and registers it as owned (its status belongs to
 /// the returned `Child`). The caller must eventually `wait` it and call [`release`].
-pub fn spawn(launch: &Launch) -> io::Result<Child> {
+pub async fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
+    let mut cmd = command(launch)?;
+    let Some(spawners) = SPAWNERS.get() else {
+        return spawn_now(&mut cmd);
+    };
+    let (reply, result) = tokio::sync::oneshot::channel();
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let job: Job = Box::new(move || {
+        let _ = reply.send(spawn_now(&mut cmd));
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        super::reap::kick();
+    });
+    let sent = spawners
+        .lock()
+        .map(|tx| tx.send(job))
+        .is_ok_and(|r| r.is_ok());
+    if !sent {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        return Err(io::Error::other("no spawner thread"));
+    }
+    result
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("spawner thread gone")))
+}
+
+fn spawn_now(cmd: &mut Command) -> io::Result<Child> {
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        registry::own(pid as i32);
+    }
+    Ok(child)
+}
+
+/// Builds the command: argv, environment, process group, identity, and the pre-exec steps.
+fn command(launch: &Launch) -> io::Result<Command> {
     let (program, args) = launch
         .argv
         .split_first()
@@ -124,12 +206,7 @@ pub fn spawn(launch: &Launch) -> io::Result<Child> {
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
-    if let Some(pid) = child.id() {
-        // Single-threaded runtime: the reaper cannot run between spawn and this line.
-        registry::own(pid as i32);
-    }
-    Ok(child)
+    Ok(cmd)
 }
 
 /// Marks a child's status as collected, after `Child::wait` returned.

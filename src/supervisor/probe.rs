@@ -41,7 +41,7 @@ async fn attempt(spec: &ReadySpec, env: &ProbeEnv<'_>) -> bool {
                 gid: None,
                 output: spawn::Output::Null,
             };
-            let mut child = match spawn::spawn(&launch) {
+            let mut child = match spawn::spawn(&launch).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(

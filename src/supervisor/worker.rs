@@ -73,7 +73,7 @@ impl WorkerRun {
             },
         };
         let started = Instant::now();
-        let mut child = match spawn::spawn(&launch) {
+        let mut child = match spawn::spawn(&launch).await {
             Ok(child) => child,
             Err(e) => {
                 warn!(path = %self.path, "spawn failed: {}: {e}", argv[0]);
@@ -288,7 +288,7 @@ impl WorkerRun {
                 LogMode::Inherit => Output::Inherit,
             },
         };
-        let mut child = match spawn::spawn(&launch) {
+        let mut child = match spawn::spawn(&launch).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(path = %self.path, "pre_stop {}: cannot start: {e}", argv[0]);
