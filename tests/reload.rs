@@ -686,8 +686,12 @@ children:
     let mut arb = fx.run(&[]);
     wait_serving(&fx);
     let slow = fx.wait_pid("slow.pids");
-    let s = wait_state(&fx, "slow", "starting");
-    assert_eq!(s["pid"], slow);
+    // `starting` is shown from the launch on; the pid once the process exists.
+    wait_for("slow to be starting with its pid", WAIT, || {
+        let s = status(&fx);
+        node(&s, "slow").filter(|n| n["state"] == "starting" && n["pid"] == slow)?;
+        Some(())
+    });
     assert_eq!(status(&fx)["daemon"]["state"], "starting");
     let out = cli_ok(&fx, &["reload"]);
     assert!(out.contains("reloaded"), "{out}");
