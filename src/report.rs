@@ -17,6 +17,17 @@ pub enum StopOutcome {
     NotRunning,
 }
 
+impl StopOutcome {
+    /// `Killed` when something had to be SIGKILLed at the deadline, else `Met`.
+    pub fn of(killed: bool) -> StopOutcome {
+        if killed {
+            StopOutcome::Killed
+        } else {
+            StopOutcome::Met
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StopRecord {
     pub path: String,

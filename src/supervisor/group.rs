@@ -830,11 +830,7 @@ impl Group {
                 signal: None,
                 deadline_ms: millis(d.saturating_duration_since(begin)),
                 took_ms: millis(begin.elapsed()),
-                outcome: if killed {
-                    StopOutcome::Killed
-                } else {
-                    StopOutcome::Met
-                },
+                outcome: StopOutcome::of(killed),
                 exit: None,
             },
         );

@@ -394,11 +394,7 @@ async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) 
             signal: Some("SIGTERM".into()),
             deadline_ms: millis(until.saturating_duration_since(begin)),
             took_ms: millis(begin.elapsed()),
-            outcome: if killed {
-                StopOutcome::Killed
-            } else {
-                StopOutcome::Met
-            },
+            outcome: StopOutcome::of(killed),
             exit: None,
         });
     }

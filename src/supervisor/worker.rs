@@ -209,11 +209,7 @@ impl WorkerRun {
             signal: signal.map(|s| s.as_str().to_string()),
             deadline_ms: millis(dw.saturating_duration_since(begin)),
             took_ms: millis(begin.elapsed()),
-            outcome: if killed {
-                StopOutcome::Killed
-            } else {
-                StopOutcome::Met
-            },
+            outcome: StopOutcome::of(killed),
             exit: status.as_ref().map(describe),
         }
     }
