@@ -736,6 +736,8 @@ fn a_reload_that_changes_an_operator_stopped_worker_keeps_it_stopped() {
     // `start` brings it up with the new spec.
     cli_ok(&fx, &["start", "held"]);
     let held2 = wait_up(&fx, "held");
-    assert_eq!(env_var(held2, "V").as_deref(), Some("2"));
+    // /proc/PID/environ can be read mid-exec (`exec sleep`); poll until V shows, bounded.
+    let v = wait_for("held's environment to show V", WAIT, || env_var(held2, "V"));
+    assert_eq!(v, "2");
     stop_cleanly(&mut arb);
 }

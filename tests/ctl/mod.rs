@@ -277,11 +277,23 @@ pub fn environ(pid: i32) -> Vec<String> {
     }
 }
 
+/// The value of `key` in the environment of `pid`. A read that races with `exec` can come
+/// back without it, so a missing key is re-read for a short, bounded while.
 pub fn env_var(pid: i32, key: &str) -> Option<String> {
     let prefix = format!("{key}=");
-    environ(pid)
-        .into_iter()
-        .find_map(|kv| kv.strip_prefix(&prefix).map(String::from))
+    let start = Instant::now();
+    loop {
+        let found = environ(pid)
+            .into_iter()
+            .find_map(|kv| kv.strip_prefix(&prefix).map(String::from));
+        if found.is_some()
+            || start.elapsed() > Duration::from_secs(2)
+            || !crate::support::alive(pid)
+        {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(5)); // poll interval of a bounded wait
+    }
 }
 
 /// Waits until `pid` is gone (or a zombie).
