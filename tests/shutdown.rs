@@ -45,6 +45,20 @@ fn node<'a>(report: &'a Value, path: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no node {path:?} in report:\n{report:#}"))
 }
 
+/// The report's totals: (workers, met, killed, not_running).
+fn assert_counts(r: &Value, expected: (u64, u64, u64, u64)) {
+    let got = (
+        num(r, "workers"),
+        num(r, "met"),
+        num(r, "killed"),
+        num(r, "not_running"),
+    );
+    assert_eq!(
+        got, expected,
+        "(workers, met, killed, not_running) in {r:#}"
+    );
+}
+
 fn num(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
@@ -112,10 +126,7 @@ children:
         "{r:#}"
     );
     assert_eq!(num(&r, "deadline_ms"), 1000, "{r:#}");
-    assert_eq!(num(&r, "workers"), 1, "{r:#}");
-    assert_eq!(num(&r, "killed"), 1, "{r:#}");
-    assert_eq!(num(&r, "met"), 0, "{r:#}");
-    assert_eq!(num(&r, "not_running"), 0, "{r:#}");
+    assert_counts(&r, (1, 0, 1, 0));
     let total = num(&r, "total_ms");
     assert!((800..3000).contains(&total), "total_ms {total}: {r:#}");
 
@@ -804,10 +815,7 @@ children:
         "{r:#}"
     );
     assert_eq!(num(&r, "deadline_ms"), 5000, "{r:#}");
-    assert_eq!(num(&r, "workers"), 3, "{r:#}");
-    assert_eq!(num(&r, "met"), 3, "{r:#}");
-    assert_eq!(num(&r, "killed"), 0, "{r:#}");
-    assert_eq!(num(&r, "not_running"), 0, "{r:#}");
+    assert_counts(&r, (3, 3, 0, 0));
     let total = num(&r, "total_ms");
     for (path, kind) in [
         ("(root)", "group"),
