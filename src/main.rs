@@ -162,7 +162,7 @@ fn run(
         };
         // Two threads overlap the children's exec preparation; see process/spawn.rs.
         if let Err(e) =
-            process::spawn::start_spawners(tokio::runtime::Handle::current(), 2)
+            process::spawn::start_spawners(2)
         {
             tracing::warn!("cannot start spawner threads, spawning on the main thread: {e}");
         }

@@ -1,25 +1,23 @@
 //! Reaping. arborist is a child subreaper (and may be PID 1), so orphaned descendants of its
 //! workers become its children and must be reaped, or they stay zombies.
 //!
-//! tokio collects the status of the children it spawned; a plain `waitpid(-1)` here would
-//! steal those statuses. So the reaper peeks with `waitid(P_ALL, WNOWAIT)`, reaps only PIDs
-//! that are not owned (see `registry`), and stops at the first owned zombie: tokio reaps that
-//! one, and `spawn::release` kicks the reaper again afterwards. While a spawn is in flight on
-//! a spawner thread (forked, not yet registered), unknown zombies wait for the next pass.
+//! This is the only place that waits for children: on every SIGCHLD it reaps every exited
+//! child with `waitpid(-1, WNOHANG)` and hands each status to its owner (see `registry`);
+//! a child nobody owns is an adopted orphan and is simply let go. There is no second reaper
+//! (tokio's process driver is not used), so no exit status can be stolen.
 
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::OnceLock;
 
-use nix::errno::Errno;
-use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
-use super::registry;
+use super::registry::{self, Reaped};
 
 static KICK: OnceLock<Notify> = OnceLock::new();
 
-/// Asks the reaper for another pass (after tokio collected an owned child).
+/// Asks the reaper for another pass.
 pub fn kick() {
     if let Some(n) = KICK.get() {
         n.notify_one();
@@ -47,32 +45,27 @@ pub fn start() -> std::io::Result<watch::Receiver<u64>> {
     Ok(rx)
 }
 
-/// Reaps every exited child that is not owned by a tokio `Child`.
+/// Reaps every exited child: owned ones' statuses go to their `Child`; returns how many
+/// adopted orphans were reaped.
 pub fn reap_orphans() -> usize {
-    let mut reaped = 0;
+    let mut orphans = 0;
     loop {
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        match waitid(Id::All, flags) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-            Err(Errno::EINTR) => continue,
-            Err(_) => break,
-            Ok(status) => {
-                let Some(pid) = status.pid() else { break };
-                if registry::is_owned(pid.as_raw()) {
-                    break; // tokio's to collect
-                }
-                // Checked after the peek: a child forked by a spawn still in flight may not be
-                // registered yet. The spawn kicks the reaper again when it completes.
-                if super::spawn::spawns_in_flight() > 0 {
-                    break;
-                }
-                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-                tracing::debug!(pid = pid.as_raw(), "reaped adopted orphan");
-                reaped += 1;
-            }
+        let mut raw = 0;
+        // SAFETY: waitpid with a valid pointer to an int.
+        let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if pid <= 0 {
+            break; // none exited (0) or no children at all (ECHILD)
+        }
+        if registry::reaped(pid, ExitStatus::from_raw(raw)) == Reaped::Orphan {
+            tracing::debug!(pid, "reaped adopted orphan");
+            orphans += 1;
         }
     }
-    reaped
+    registry::forget_kept();
+    orphans
 }
 
 /// Live children of arborist that it did not spawn itself: descendants of workers that were
@@ -94,9 +87,4 @@ fn parent_of(pid: i32) -> Option<i32> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Reaps one adopted child if it has exited (used by the final sweep).
-pub fn try_reap(pid: i32) {
-    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
 }

@@ -52,22 +52,17 @@ async fn attempt(spec: &ReadySpec, env: &ProbeEnv<'_>) -> bool {
                     return false;
                 }
             };
-            let pid = child.id().map(|p| p as i32);
+            let pid = child.id();
             let passed = match timeout(spec.timeout, child.wait()).await {
                 Ok(Ok(status)) => status.success(),
                 _ => {
-                    if let Some(pid) = pid {
-                        group::signal_group(pid, Signal::SIGKILL);
-                    }
+                    group::signal_group(pid, Signal::SIGKILL);
                     let _ = child.wait().await;
                     false
                 }
             };
-            if let Some(pid) = pid {
-                // Anything the probe left behind in its group goes too.
-                group::signal_group(pid, Signal::SIGKILL);
-                spawn::release(pid);
-            }
+            // Anything the probe left behind in its group goes too.
+            group::signal_group(pid, Signal::SIGKILL);
             passed
         }
         // Rejected by config validation until the notify listener exists.

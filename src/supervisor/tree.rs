@@ -400,9 +400,7 @@ async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) 
     }
     let after_kill = Instant::now() + Duration::from_secs(2);
     group::wait_gone(alive, after_kill, &mut child_events).await;
-    for &pid in &strays {
-        reap::try_reap(pid);
-    }
+    reap::reap_orphans();
     records
 }
 

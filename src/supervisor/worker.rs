@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::process::Child;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +19,7 @@ use super::{Ctx, Link, Outcome, StopRequest};
 use crate::config::{LogMode, WorkerSpec};
 use crate::process::group::{group_alive, signal_group, wait_gone};
 use crate::process::registry;
-use crate::process::spawn::{self, Launch, Output};
+use crate::process::spawn::{self, Child, Launch, Output};
 use crate::report::{millis, StopOutcome, StopRecord};
 
 /// How long to wait for a SIGKILLed group to disappear before giving up on it (a process in
@@ -87,12 +86,12 @@ impl WorkerRun {
                 return;
             }
         };
-        let pid = child.id().unwrap_or(0) as i32;
+        let pid = child.id();
         registry::add_group(pid);
         info!(path = %self.path, pid, "started");
         self.link.started(pid as u32);
-        let stdout = child.stdout.take().and_then(|p| p.into_owned_fd().ok());
-        let stderr = child.stderr.take().and_then(|p| p.into_owned_fd().ok());
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
         if stdout.is_some() || stderr.is_some() {
             self.ctx
                 .tracker
@@ -139,7 +138,6 @@ impl WorkerRun {
                 }
             }
         };
-        spawn::release(pid);
         let ran_for = started.elapsed();
         let failed = !matches!(&status, Ok(s) if s.success());
         let what = status
@@ -242,9 +240,6 @@ impl WorkerRun {
         let mut events = self.ctx.child_events.clone();
         let gone = leader_done && wait_gone(|| group_alive(pid), until, &mut events).await;
         if gone {
-            if status.is_some() {
-                spawn::release(pid);
-            }
             return (status, false);
         }
         signal_group(pid, Signal::SIGKILL);
@@ -256,7 +251,6 @@ impl WorkerRun {
                     .and_then(Result::ok);
             }
         }
-        spawn::release(pid);
         if !wait_gone(
             || group_alive(pid),
             Instant::now() + KILL_GRACE,
@@ -291,9 +285,9 @@ impl WorkerRun {
                 return;
             }
         };
-        let pid = child.id().unwrap_or(0) as i32;
-        let stdout = child.stdout.take().and_then(|p| p.into_owned_fd().ok());
-        let stderr = child.stderr.take().and_then(|p| p.into_owned_fd().ok());
+        let pid = child.id();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
         if stdout.is_some() || stderr.is_some() {
             let label = format!("{} (pre_stop)", self.path);
             self.ctx
@@ -315,7 +309,6 @@ impl WorkerRun {
             }
         }
         signal_group(pid, Signal::SIGKILL);
-        spawn::release(pid);
     }
 }
 
