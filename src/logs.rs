@@ -105,7 +105,7 @@ fn drain(stream: &mut Stream, path: &str) {
         match result {
             Ok(0) => {
                 flush(stream, path);
-                stream.pipe = None;
+                retire(stream.pipe.take());
                 return;
             }
             Ok(_) => {}
@@ -113,10 +113,17 @@ fn drain(stream: &mut Stream, path: &str) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {
                 flush(stream, path);
-                stream.pipe = None;
+                retire(stream.pipe.take());
                 return;
             }
         }
+    }
+}
+
+/// Closes a finished pipe off the runtime thread (see `process::chores`).
+fn retire(pipe: Option<pipe::Receiver>) {
+    if let Some(fd) = pipe.and_then(|p| p.into_nonblocking_fd().ok()) {
+        crate::process::chores::close(fd);
     }
 }
 

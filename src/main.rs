@@ -166,6 +166,9 @@ fn run(
         {
             tracing::warn!("cannot start spawner threads, spawning on the main thread: {e}");
         }
+        if let Err(e) = process::chores::start() {
+            tracing::warn!("cannot start the chores thread, doing its work inline: {e}");
+        }
         if let Err(e) = process::guardian::start() {
             tracing::warn!("cannot start the guardian process (grandchildren may outlive a SIGKILLed arborist): {e}");
         }

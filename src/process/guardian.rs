@@ -49,19 +49,39 @@ pub fn pid() -> Option<i32> {
 }
 
 pub fn watch(pgid: i32) {
-    with_guardian(|g| {
-        let _ = writeln!(g.pipe, "+{pgid}");
-    });
+    tell('+', pgid);
 }
 
 pub fn forget(pgid: i32) {
-    with_guardian(|g| {
-        let _ = writeln!(g.pipe, "-{pgid}");
-    });
+    tell('-', pgid);
+}
+
+/// Lines not yet written to the guardian: written by the chores thread, one write per burst
+/// (a shutdown of 1000 workers is 1000 lines).
+static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+fn tell(op: char, pgid: i32) {
+    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+    let first = pending.is_empty();
+    let _ = writeln!(pending, "{op}{pgid}");
+    drop(pending);
+    if first {
+        super::chores::run(Box::new(flush));
+    }
+}
+
+fn flush() {
+    let batch = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
+    if !batch.is_empty() {
+        with_guardian(|g| {
+            let _ = g.pipe.write_all(&batch);
+        });
+    }
 }
 
 /// Closes the pipe (the guardian then exits) and reaps the guardian.
 pub fn stop() {
+    flush();
     let taken = GUARDIAN.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(Guardian { mut child, pipe }) = taken {
         drop(pipe);
