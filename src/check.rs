@@ -84,10 +84,16 @@ fn worker_line(w: &WorkerSpec) -> String {
         let check = match &r.check {
             ReadyCheck::Tcp(a) => format!("tcp {a}"),
             ReadyCheck::Exec(argv) => format!("exec {argv:?}"),
-            ReadyCheck::Http(u) => format!("http {u}"),
+            ReadyCheck::Http(u) => format!("http {}", u.url),
             ReadyCheck::Notify => "notify".into(),
         };
-        let _ = write!(s, " ready=({check}, every {})", d(r.interval));
+        let _ = match r.check {
+            ReadyCheck::Notify => write!(s, " ready=(notify)"),
+            _ => write!(s, " ready=({check}, every {})", d(r.interval)),
+        };
+    }
+    if let Some(wd) = w.watchdog {
+        let _ = write!(s, " watchdog={}", d(wd));
     }
     if let Some(p) = &w.pre_stop {
         let _ = write!(s, " pre_stop={p:?}");

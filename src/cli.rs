@@ -46,6 +46,12 @@ pub enum Command {
         /// Exit 1 if the worst-case shutdown exceeds DURATION (e.g. a pod's grace period).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         budget: Option<Duration>,
+        /// Also check the systemd unit that runs this tree (`-`: read it from stdin, e.g. from
+        /// `systemctl cat arborist`): warn when its TimeoutStopSec= is shorter than the
+        /// worst-case shutdown plus 5s, and about Type=, KillMode=, KillSignal=, ExecReload=.
+        /// Warnings keep the exit code 0; an unreadable unit file exits 2.
+        #[arg(long, value_name = "UNIT")]
+        systemd: Option<PathBuf>,
     },
     /// Show the running tree: each node's state, pid, uptime, restarts, last exit.
     Status {

@@ -7,7 +7,7 @@ use clap::Parser;
 use arborist::cli::{self, Cli, Command};
 use arborist::control::protocol::Request;
 use arborist::supervisor::tree::RunOptions;
-use arborist::{check, config, control, logs, process, signals, status, supervisor};
+use arborist::{check, config, control, logs, process, signals, status, supervisor, unit};
 
 const EXIT_USAGE: u8 = 2;
 
@@ -19,6 +19,15 @@ fn main() -> ExitCode {
         process::guardian::run_guardian();
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // Rust ignores SIGPIPE, so `arborist status | head -1` would panic on a closed pipe.
+        // A command-line tool should simply end there, as `ls | head -1` does; the daemon
+        // (`run`) keeps ignoring it.
+        // SAFETY: restoring a default disposition installs no handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = logs::init(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("arborist: {e}");
         return ExitCode::from(EXIT_USAGE);
@@ -28,7 +37,8 @@ fn main() -> ExitCode {
             config,
             plan,
             budget,
-        } => check(&config, plan, budget),
+            systemd,
+        } => check(&config, plan, budget, systemd.as_deref()),
         Command::Run {
             config,
             shutdown_report,
@@ -67,7 +77,20 @@ fn client(socket: Option<&std::path::Path>, request: Request, json: bool) -> Exi
     }
 }
 
-fn check(path: &std::path::Path, plan: bool, budget: Option<std::time::Duration>) -> ExitCode {
+fn check(
+    path: &std::path::Path,
+    plan: bool,
+    budget: Option<std::time::Duration>,
+    systemd: Option<&std::path::Path>,
+) -> ExitCode {
+    // The unit first: an unreadable unit file is a usage error, reported before any output.
+    let unit_text = match systemd.map(unit::read).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("arborist: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let tree = match config::load(path) {
         Ok(t) => t,
         Err(e) => {
@@ -76,6 +99,7 @@ fn check(path: &std::path::Path, plan: bool, budget: Option<std::time::Duration>
         }
     };
     print!("{}", check::render_tree(&tree));
+    let mut code = ExitCode::SUCCESS;
     if plan || budget.is_some() {
         let (text, worst) = check::render_plan(&tree);
         print!("{text}");
@@ -86,16 +110,33 @@ fn check(path: &std::path::Path, plan: bool, budget: Option<std::time::Duration>
                     humantime::format_duration(worst),
                     humantime::format_duration(budget)
                 );
-                return ExitCode::from(1);
+                code = ExitCode::from(1);
+            } else {
+                println!(
+                    "within budget: worst case {} <= {}",
+                    humantime::format_duration(worst),
+                    humantime::format_duration(budget)
+                );
             }
-            println!(
-                "within budget: worst case {} <= {}",
-                humantime::format_duration(worst),
-                humantime::format_duration(budget)
-            );
         }
     }
-    ExitCode::SUCCESS
+    // Unit warnings leave the exit code alone: the config is valid (--budget can fail CI).
+    if let (Some(unit_path), Some(text)) = (systemd, unit_text) {
+        let name = if unit_path == std::path::Path::new("-") {
+            "(stdin)".to_string()
+        } else {
+            unit_path.display().to_string()
+        };
+        let worst = arborist::plan::shutdown_plan(&tree).worst_total();
+        let report = unit::check(&name, &text, worst);
+        for line in &report.lines {
+            println!("{line}");
+        }
+        for warning in &report.warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
+    code
 }
 
 fn run(
@@ -150,6 +191,14 @@ fn run(
                 (None, None)
             }
         };
+        // Likewise a health port that is taken: exit 2 with nothing started.
+        let health_listener = match tree.health_addr.map(arborist::health::bind).transpose() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("arborist: {e}");
+                return i32::from(EXIT_USAGE);
+            }
+        };
         if let Err(e) = process::spawn::raise_nofile_limit() {
             tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
         }
@@ -172,6 +221,25 @@ fn run(
         if let Err(e) = process::guardian::start() {
             tracing::warn!("cannot start the guardian process (grandchildren may outlive a SIGKILLed arborist): {e}");
         }
+        match arborist::notify::systemd::init() {
+            Ok(Some(addr)) => {
+                tracing::info!(socket = %addr, "sd_notify: talking to the service manager");
+                if let Some(period) = arborist::notify::systemd::start_watchdog() {
+                    tracing::info!("sd_notify: WATCHDOG=1 every {:?} (WATCHDOG_USEC)", period / 2);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("sd_notify disabled: {e}"),
+        }
+        // Before any worker starts: each gets NOTIFY_SOCKET pointing here.
+        let bound_socket = socket_guard.as_ref().map(|_| socket.as_path());
+        let _notify_guard = match arborist::notify::workers::start(bound_socket) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!("cannot open the workers' notify socket (ready: notify and watchdog will not work): {e}");
+                None
+            }
+        };
         let board = status::StatusBoard::start();
         let (state_tx, state_rx) = tokio::sync::watch::channel("starting");
         let daemon = std::sync::Arc::new(control::server::Daemon {
@@ -185,6 +253,16 @@ fn run(
             tokio::spawn(control::server::serve(
                 listener,
                 control_tx,
+                board.clone(),
+                daemon.clone(),
+            ));
+        }
+        if let Some(listener) = health_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "health endpoint ready: http://{addr}/healthz, /metrics");
+            }
+            tokio::spawn(arborist::health::serve(
+                listener,
                 board.clone(),
                 daemon.clone(),
             ));

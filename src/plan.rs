@@ -282,6 +282,7 @@ mod tests {
         TreeSpec {
             source: "t.yaml".into(),
             control_socket: None,
+            health_addr: None,
             root: group_spec(timeout, children),
         }
     }

@@ -80,6 +80,9 @@ pub struct NodeStatus {
     pub next_restart_in_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_report: Option<serde_json::Value>,
+    /// The worker's last sd_notify `STATUS=` text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_status: Option<String>,
 }
 
 /// Position of a node in the tree: (child index in the spec, replica) for every level from
@@ -104,18 +107,39 @@ impl StatusBoard {
         let (tx, mut rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut nodes: BTreeMap<OrderKey, Entry> = BTreeMap::new();
-            while let Some(msg) = rx.recv().await {
+            let mut counts = WorkerCounts::default();
+            loop {
+                let msg = tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(msg) => msg,
+                        None => return,
+                    },
+                    _ = counts.due() => {
+                        counts.announce();
+                        continue;
+                    }
+                };
                 match msg {
                     Msg::Put(k, e) => {
-                        nodes.insert(k, *e);
+                        counts.add(&e, 1);
+                        if let Some(old) = nodes.insert(k, *e) {
+                            counts.add(&old, -1);
+                        }
                     }
-                    Msg::RemoveTree(k) => nodes.retain(|key, _| !key.starts_with(&k)),
+                    Msg::RemoveTree(k) => nodes.retain(|key, e| {
+                        let keep = !key.starts_with(&k);
+                        if !keep {
+                            counts.add(e, -1);
+                        }
+                        keep
+                    }),
                     Msg::Snapshot(reply) => {
                         let now = Instant::now();
                         let out = nodes.iter().map(|(k, e)| render(k, e, now)).collect();
                         let _ = reply.send(out);
                     }
                 }
+                counts.changed();
             }
         });
         StatusBoard { tx }
@@ -133,6 +157,58 @@ impl StatusBoard {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Msg::Snapshot(tx));
         rx.await.unwrap_or_default()
+    }
+}
+
+/// Workers up (running or ready) out of all workers, for the service manager's `STATUS=`.
+/// Sent at most once a second, and only when the figures changed and a manager listens, so
+/// an idle tree causes no wake-ups.
+#[derive(Default)]
+struct WorkerCounts {
+    up: i64,
+    total: i64,
+    sent: Option<(i64, i64)>,
+    last_send: Option<Instant>,
+    due_at: Option<Instant>,
+}
+
+impl WorkerCounts {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn add(&mut self, e: &Entry, sign: i64) {
+        if e.kind == "worker" {
+            self.total += sign;
+            if matches!(e.state, NodeState::Running | NodeState::Ready) {
+                self.up += sign;
+            }
+        }
+    }
+
+    fn changed(&mut self) {
+        if self.due_at.is_some()
+            || self.sent == Some((self.up, self.total))
+            || !crate::notify::systemd::enabled()
+        {
+            return;
+        }
+        let earliest = self
+            .last_send
+            .map_or_else(Instant::now, |t| t + Self::EVERY);
+        self.due_at = Some(earliest);
+    }
+
+    async fn due(&self) {
+        match self.due_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn announce(&mut self) {
+        self.due_at = None;
+        self.last_send = Some(Instant::now());
+        self.sent = Some((self.up, self.total));
+        crate::notify::systemd::status(&format!("{}/{} workers up", self.up, self.total));
     }
 }
 
@@ -161,6 +237,10 @@ fn render(key: &OrderKey, e: &Entry, now: Instant) -> NodeStatus {
             .stop_report
             .as_ref()
             .and_then(|r| serde_json::to_value(r).ok()),
+        notify_status: e
+            .pid
+            .filter(|_| up && e.kind == "worker")
+            .and_then(|pid| crate::notify::workers::status_of(pid as i32)),
     }
 }
 
@@ -213,6 +293,9 @@ pub fn render_text(nodes: &[NodeStatus]) -> String {
                 "  next start in {}",
                 short(Duration::from_millis(next))
             ));
+        }
+        if let Some(text) = &n.notify_status {
+            line.push_str(&format!("  \"{text}\""));
         }
         if let Some(exit) = &n.last_exit {
             line.push_str(&format!("  last exit: {exit}"));

@@ -319,12 +319,12 @@ children:
         depends_on: [web]
       n:
         shell: "true"
-        ready: {notify: true}
+        ready: {notify: false}
       deeper:
         children:
           w:
             shell: "true"
-            watchdog: 30s
+            watchdog: 0s
   cyc:
     children:
       a:
@@ -353,8 +353,8 @@ children:
             "10:3: bad name: invalid name",
             "13:5: both: a worker has exactly one of `command` and `shell`",
             "19:22: backend/x: depends on 'web', which is not a sibling",
-            "22:17: backend/n: `ready: {notify: true}` is not supported yet",
-            "27:13: backend/deeper/w: `watchdog` is not supported yet",
+            "22:25: backend/n: `notify: false` means nothing",
+            "27:23: backend/deeper/w: the duration must be greater than zero",
             "32:21: cyc/a: dependency cycle: a -> c -> b -> a",
             "40:5: mixed: a node has exactly one of `command`, `shell` or `children`",
         ],
@@ -580,28 +580,57 @@ children:
 }
 
 #[test]
-fn notify_http_readiness_and_watchdog_are_rejected_as_not_supported_yet() {
+fn notify_http_readiness_and_watchdog_values_are_checked() {
+    let fx = fixture(
+        r#"
+children:
+  n:
+    shell: "true"
+    ready: {notify: false}
+  h:
+    shell: "true"
+    ready: {http: "https://127.0.0.1:8443/"}
+  p:
+    shell: "true"
+    ready: {http: "http://127.0.0.1:99999/health"}
+  w:
+    shell: "true"
+    watchdog: 0s
+"#,
+    );
+    assert_errors(
+        &fx,
+        &[
+            "4:21: n: `notify: false` means nothing",
+            "7:19: h: invalid URL 'https://127.0.0.1:8443/': https is not supported",
+            "10:19: p: invalid URL 'http://127.0.0.1:99999/health': invalid port '99999'",
+            "13:15: w: the duration must be greater than zero",
+        ],
+    );
+}
+
+#[test]
+fn notify_http_readiness_and_watchdog_are_accepted_and_shown() {
     let fx = fixture(
         r#"
 children:
   n:
     shell: "true"
     ready: {notify: true}
+    watchdog: 30s
   h:
     shell: "true"
-    ready: {http: "http://127.0.0.1:1/"}
-  w:
-    shell: "true"
-    watchdog: 30s
+    ready: {http: "http://127.0.0.1:8080/healthz", interval: 1s}
 "#,
     );
-    assert_errors(
-        &fx,
-        &[
-            "4:13: n: `ready: {notify: true}` is not supported yet",
-            "7:13: h: `ready: {http: ...}` is not supported yet",
-            "10:5: w: `watchdog` is not supported yet",
-        ],
+    let o = fx.check(&[]);
+    let stdout = out(&o);
+    assert_eq!(code(&o), 0, "stdout:\n{stdout}\nstderr:\n{}", err(&o));
+    assert!(stdout.contains("ready=(notify)"), "{stdout}");
+    assert!(stdout.contains("watchdog=30s"), "{stdout}");
+    assert!(
+        stdout.contains("ready=(http http://127.0.0.1:8080/healthz"),
+        "{stdout}"
     );
 }
 

@@ -1,4 +1,4 @@
-//! Start ordering against the real binary: depends_on gated by exec and tcp readiness probes,
+//! Start ordering against the real binary: depends_on gated by exec, tcp and http readiness probes,
 //! start_concurrency, the environment every worker gets, nested group paths, and groups that
 //! depend on groups. Workers are real `sh` processes; the test drives readiness by creating
 //! marker files (or binding a port) and only ever waits on conditions, with a bound.
@@ -6,7 +6,10 @@
 mod support;
 
 use std::fs;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
@@ -142,6 +145,70 @@ children:
     );
     arb.wait_log("started path=app ");
     assert_before(&arb.log(), "ready path=db ", "started path=app ");
+    stop_cleanly(&mut arb);
+}
+
+#[test]
+fn http_probe_gates_dependents_until_the_endpoint_answers_2xx() {
+    // The test is the HTTP server: 503 until it says otherwise, then 200.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let answered_503 = Arc::new(AtomicUsize::new(0));
+    let request_line = Arc::new(Mutex::new(String::new()));
+    {
+        let (healthy, answered_503, request_line) =
+            (healthy.clone(), answered_503.clone(), request_line.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                let _ = reader.read_line(&mut first);
+                // The rest of the head, up to the empty line.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                *request_line.lock().unwrap() = first.trim_end().to_string();
+                let reply: &[u8] = if healthy.load(Ordering::SeqCst) {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+                } else {
+                    answered_503.fetch_add(1, Ordering::SeqCst);
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+                };
+                let _ = conn.write_all(reply);
+            }
+        });
+    }
+    let fx = Fixture::new(&format!(
+        r#"
+shutdown_timeout: 5s
+children:
+  api:
+    shell: "exec sleep 1000"
+    ready: {{ http: "http://127.0.0.1:{port}/healthz?deep=1", interval: 20ms, timeout: 1s }}
+  app:
+    depends_on: [api]
+    shell: "touch $DIR/app.started; exec sleep 1000"
+"#
+    ));
+    let mut arb = fx.run(&[]);
+    wait_until("two probes answered 503", WAIT, || {
+        answered_503.load(Ordering::SeqCst) >= 2
+    });
+    assert!(
+        !exists(&fx, "app.started"),
+        "app started while api answered 503; log:\n{}",
+        arb.log()
+    );
+    assert_eq!(
+        *request_line.lock().unwrap(),
+        "GET /healthz?deep=1 HTTP/1.0"
+    );
+    healthy.store(true, Ordering::SeqCst);
+    wait_until("app started", WAIT, || exists(&fx, "app.started"));
+    arb.wait_log("ready path=api ");
     stop_cleanly(&mut arb);
 }
 

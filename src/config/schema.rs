@@ -2,6 +2,7 @@
 //! are `Duration`s, signals are `Signal`s, names are checked, dependencies exist and are
 //! acyclic. Nothing in this module knows about processes or tokio.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ pub struct TreeSpec {
     /// The file this tree was read from, for messages.
     pub source: PathBuf,
     pub control_socket: Option<PathBuf>,
+    /// Where to serve `/healthz` and `/metrics` over HTTP; off when None.
+    pub health_addr: Option<SocketAddr>,
     pub root: GroupSpec,
 }
 
@@ -142,8 +145,72 @@ pub struct ReadySpec {
 pub enum ReadyCheck {
     Tcp(String),
     Exec(Vec<String>),
-    Http(String),
+    Http(HttpUrl),
+    /// sd_notify `READY=1` from the worker's process group.
     Notify,
+}
+
+/// A plain-HTTP URL for a readiness probe: `http://host[:port][/path]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// As written in the file.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl HttpUrl {
+    pub fn parse(url: &str) -> Result<HttpUrl, String> {
+        let rest = if let Some(rest) = url.strip_prefix("http://") {
+            rest
+        } else if url.starts_with("https://") {
+            return Err("https is not supported; probe a plain-http health port".into());
+        } else {
+            return Err("expected http://host:port/path".into());
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_string()),
+        };
+        if authority.contains('@') {
+            return Err("credentials in the URL are not supported".into());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or("unclosed '[' in the host")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p
+                    .parse::<u16>()
+                    .map_err(|_| format!("invalid port '{p}'"))?,
+                None if after.is_empty() => 80,
+                None => return Err(format!("unexpected '{after}' after the host")),
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse::<u16>()
+                        .map_err(|_| format!("invalid port '{p}'"))?,
+                ),
+                None => (authority.to_string(), 80),
+            }
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("spaces or control characters in the path".into());
+        }
+        Ok(HttpUrl {
+            url: url.to_string(),
+            host,
+            port,
+            path,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,7 @@ use crate::config::{self, TreeSpec};
 use crate::control::protocol::{Request, Response};
 use crate::control::server::{self, ControlRequest, Daemon};
 use crate::diff;
+use crate::notify::systemd;
 use crate::process::{group, reap, registry};
 use crate::report::{millis, ShutdownReport, StopOutcome, StopRecord};
 use crate::signals::{is_stop_request, SignalStream};
@@ -47,6 +48,11 @@ pub struct Inputs {
     pub daemon_state: watch::Sender<&'static str>,
     pub options: RunOptions,
 }
+
+/// How often the service manager's stop timeout is extended during a shutdown, and by how
+/// much beyond the root deadline (the final SIGKILL, reaping and the report).
+const EXTEND_EVERY: Duration = Duration::from_secs(5);
+const EXTEND_MARGIN: Duration = Duration::from_secs(5);
 
 /// Runs the tree until it is shut down; returns the process exit code.
 pub async fn run(inputs: Inputs) -> i32 {
@@ -145,8 +151,12 @@ pub async fn run(inputs: Inputs) -> i32 {
                 Up::Started { .. } => {}
                 Up::Ready { .. } => {
                     board.put(vec![], root_entry(NodeState::Ready));
-                    daemon_state.send_replace("running");
-                    info!(workers = count_workers(&spec.root), "tree ready: every worker is up");
+                    let was = daemon_state.send_replace("running");
+                    let workers = count_workers(&spec.root);
+                    info!(workers, "tree ready: every worker is up");
+                    if was != "running" {
+                        systemd::ready(&format!("ready: {workers}/{workers} workers up"));
+                    }
                 }
                 Up::Ended { outcome, .. } => {
                     if outcome.settled {
@@ -168,6 +178,14 @@ pub async fn run(inputs: Inputs) -> i32 {
     board.put(vec![], root_entry(NodeState::Stopping));
     let started = Instant::now();
     let deadline = started + spec.root.shutdown_timeout;
+    // The manager's own stop timeout may be shorter than the tree's deadlines: keep asking
+    // for what the deadlines still allow (plus the final kill and report), no more.
+    systemd::stopping(
+        &format!("stopping: {reason}"),
+        spec.root.shutdown_timeout + EXTEND_MARGIN,
+    );
+    let mut extend = tokio::time::interval_at(started + EXTEND_EVERY, EXTEND_EVERY);
+    let extend_on = systemd::enabled();
     info!(
         reason = %reason,
         deadline_ms = millis(spec.root.shutdown_timeout),
@@ -189,6 +207,9 @@ pub async fn run(inputs: Inputs) -> i32 {
     let records = loop {
         tokio::select! {
             records = &mut stop => break records,
+            _ = extend.tick(), if extend_on => {
+                systemd::extend_timeout(deadline.saturating_duration_since(Instant::now()) + EXTEND_MARGIN);
+            }
             sig = signals.next() => {
                 if is_stop_request(&sig) {
                     error!("received {sig} during shutdown: killing everything now");
@@ -221,6 +242,7 @@ pub async fn run(inputs: Inputs) -> i32 {
         records,
     );
     report.log();
+    crate::metrics::stop_finished(&report.nodes, Duration::from_millis(report.total_ms));
     if let Some(path) = &options.shutdown_report {
         if let Err(e) = report.write_json(path) {
             error!(
@@ -263,7 +285,11 @@ fn route(op: Op, path: &str, root: &mpsc::UnboundedSender<Down>, reply: oneshot:
     }
     tokio::spawn(async move {
         let response = match rx.await {
-            Ok(Ok(done)) => Response::message(done.message).with_report(&done.records),
+            Ok(Ok(done)) => {
+                let took = crate::metrics::longest(&done.records);
+                crate::metrics::stop_finished(&done.records, took);
+                Response::message(done.message).with_report(&done.records)
+            }
             Ok(Err(e)) => Response::error(e),
             Err(_) => Response::error("the tree is not running"),
         };
@@ -279,9 +305,16 @@ fn start_reload(
     state: &watch::Sender<&'static str>,
     reply: Option<oneshot::Sender<Response>>,
 ) {
+    let announce = *state.borrow() == "running";
+    if announce {
+        systemd::reloading();
+    }
     let new = match config::load(&spec.source) {
         Ok(new) => new,
         Err(e) => {
+            if announce {
+                systemd::ready("reload rejected: invalid configuration; running unchanged");
+            }
             let errors: Vec<String> = e
                 .to_string()
                 .lines()
@@ -327,6 +360,9 @@ fn start_reload(
     let state = state.clone();
     tokio::spawn(async move {
         let _ = rx.await;
+        if announce {
+            systemd::ready("reloaded");
+        }
         // Back to what it was (`starting` stays `starting`), unless something else moved it
         // meanwhile (the root became ready, a shutdown began).
         state.send_if_modified(|s| {

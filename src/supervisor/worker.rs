@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::probe::{self, ProbeEnv};
 use super::{Ctx, Link, Outcome, StopRequest};
-use crate::config::{LogMode, WorkerSpec};
+use crate::config::{LogMode, ReadyCheck, WorkerSpec};
+use crate::notify::workers::{self as notify, Notice};
 use crate::process::group::{group_alive, signal_group, wait_gone};
 use crate::process::registry;
 use crate::process::spawn::{self, Child, Launch, Output};
@@ -59,6 +60,12 @@ impl WorkerRun {
         let mut env = spec.env.clone();
         env.push(("ARBORIST_PATH".into(), self.path.clone()));
         env.push(("ARBORIST_REPLICA".into(), self.replica.to_string()));
+        if let Some(socket) = notify::socket_env() {
+            env.push(("NOTIFY_SOCKET".into(), socket.to_string()));
+        }
+        if let Some(period) = spec.watchdog {
+            env.push(("WATCHDOG_USEC".into(), period.as_micros().to_string()));
+        }
         let argv = spec.program.argv();
         let launch = Launch {
             argv: &argv,
@@ -88,6 +95,8 @@ impl WorkerRun {
         };
         let pid = child.id();
         registry::add_group(pid);
+        let notify_ready = matches!(&spec.ready, Some(r) if r.check == ReadyCheck::Notify);
+        let mut notices = notify::register(pid, notify_ready || spec.watchdog.is_some());
         info!(path = %self.path, pid, "started");
         self.link.started(pid as u32);
         let stdout = child.stdout.take();
@@ -112,10 +121,22 @@ impl WorkerRun {
         // stopping, should not carry their state (a pool of 1000 pays for it 1000 times).
         let mut probe: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
             match &spec.ready {
-                Some(r) => Box::pin(probe::wait_ready(r, &probe_env)),
-                None => Box::pin(std::future::pending()),
+                Some(r) if !notify_ready => Box::pin(probe::wait_ready(r, &probe_env)),
+                _ => Box::pin(std::future::pending()),
             };
+        // The watchdog runs once the worker is ready, as systemd arms it once a service is
+        // up; every WATCHDOG=1 pushes it back by one period.
+        let mut watchdog_period = spec.watchdog;
+        let mut watchdog_at = watchdog_period
+            .filter(|_| ready)
+            .map(|p| Instant::now() + p);
         let status = loop {
+            let watchdog = async {
+                match watchdog_at {
+                    Some(at) => sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             // biased: a stop request is served before an exit is reported or a probe runs.
             tokio::select! {
                 biased;
@@ -131,13 +152,51 @@ impl WorkerRun {
                     return;
                 }
                 status = child.wait() => break status,
+                notice = next_notice(&mut notices) => match notice {
+                    Some(Notice::Ready) if notify_ready && !ready => {
+                        ready = true;
+                        info!(path = %self.path, pid, "ready (READY=1)");
+                        self.became_ready();
+                        watchdog_at = watchdog_period.map(|p| Instant::now() + p);
+                    }
+                    Some(Notice::Alive) => {
+                        if watchdog_at.is_some() {
+                            watchdog_at = watchdog_period.map(|p| Instant::now() + p);
+                        }
+                    }
+                    Some(Notice::Period(p)) if watchdog_period.is_some() => {
+                        info!(path = %self.path, pid, "watchdog period set to {} (WATCHDOG_USEC)", secs(p));
+                        watchdog_period = Some(p);
+                        if watchdog_at.is_some() {
+                            watchdog_at = Some(Instant::now() + p);
+                        }
+                    }
+                    Some(Notice::Trigger) if watchdog_period.is_some() => {
+                        warn!(path = %self.path, pid, "watchdog triggered by the worker (WATCHDOG=trigger)");
+                        return Box::pin(self.hung(&mut child, pid, started, "WATCHDOG=trigger".into())).await;
+                    }
+                    Some(_) => {}
+                    None => notices = None,
+                },
+                _ = watchdog => {
+                    let period = watchdog_period.unwrap_or_default();
+                    warn!(
+                        path = %self.path, pid,
+                        "watchdog: no WATCHDOG=1 for {}; the worker is deemed hung: stopping it",
+                        secs(period)
+                    );
+                    let why = format!("watchdog timeout: no WATCHDOG=1 for {}", secs(period));
+                    return Box::pin(self.hung(&mut child, pid, started, why)).await;
+                }
                 _ = &mut probe, if !ready => {
                     ready = true;
                     info!(path = %self.path, pid, "ready");
                     self.became_ready();
+                    watchdog_at = watchdog_period.map(|p| Instant::now() + p);
                 }
             }
         };
+        notify::unregister(pid);
         let ran_for = started.elapsed();
         let failed = !matches!(&status, Ok(s) if s.success());
         let what = status
@@ -164,6 +223,24 @@ impl WorkerRun {
             settled: false,
             ran_for,
             exit: Some(what),
+        });
+    }
+
+    /// A worker its watchdog found hung: the stop sequence (within its own `stop_timeout`),
+    /// then an ended run that counts as a failure, so `restart` decides what comes next.
+    async fn hung(&mut self, child: &mut Child, pid: i32, started: Instant, why: String) {
+        let deadline = Instant::now() + self.spec.stop_timeout;
+        let record = self.stop(child, pid, deadline).await;
+        let exit = match &record.exit {
+            Some(e) => format!("{why}; stopped ({e})"),
+            None => format!("{why}; stopped"),
+        };
+        self.link.ended(Outcome {
+            failed: true,
+            spawn_error: false,
+            settled: false,
+            ran_for: started.elapsed(),
+            exit: Some(exit),
         });
     }
 
@@ -200,6 +277,7 @@ impl WorkerRun {
             );
         }
         registry::remove_group(pid);
+        notify::unregister(pid);
         StopRecord {
             path: self.path.clone(),
             kind: "worker",
@@ -309,6 +387,14 @@ impl WorkerRun {
             }
         }
         signal_group(pid, Signal::SIGKILL);
+    }
+}
+
+/// The next notice from the worker's notify socket, or never when it has none.
+async fn next_notice(notices: &mut Option<mpsc::UnboundedReceiver<Notice>>) -> Option<Notice> {
+    match notices {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -156,6 +156,11 @@ impl Fixture {
     pub fn run(&self, extra: &[&str]) -> Arborist {
         Arborist::start(&self.config(), extra, self.dir.path())
     }
+
+    /// Starts `arborist run` with extra environment variables.
+    pub fn run_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Arborist {
+        Arborist::start_with_env(&self.config(), extra, self.dir.path(), env)
+    }
 }
 
 /// A running `arborist run`. Its stderr (the log) is collected; killed on drop.
@@ -168,6 +173,15 @@ pub struct Arborist {
 
 impl Arborist {
     pub fn start(config: &Path, extra: &[&str], cwd: &Path) -> Arborist {
+        Self::start_with_env(config, extra, cwd, &[])
+    }
+
+    pub fn start_with_env(
+        config: &Path,
+        extra: &[&str],
+        cwd: &Path,
+        env: &[(&str, &str)],
+    ) -> Arborist {
         let mut cmd = Command::new(BIN);
         cmd.arg("run")
             .arg(config)
@@ -177,6 +191,9 @@ impl Arborist {
             .current_dir(cwd)
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

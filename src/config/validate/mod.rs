@@ -2,6 +2,7 @@
 //! of stopping at the first. Each check knows the YAML path of what it looks at, so errors
 //! carry positions from [`Locations`] and the node path they belong to.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ const GROUP_KEYS: &[&str] = &[
     "start_concurrency",
     "depends_on",
 ];
-const ROOT_ONLY_KEYS: &[&str] = &["control_socket"];
+const ROOT_ONLY_KEYS: &[&str] = &["control_socket", "health_addr"];
 const WORKER_KEYS: &[&str] = &[
     "command",
     "shell",
@@ -72,10 +73,11 @@ pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
     };
     let root = v.root(&value);
     if v.errors.is_empty() {
-        let (root, control_socket) = root.expect("a root without errors");
+        let (root, control_socket, health_addr) = root.expect("a root without errors");
         Ok(TreeSpec {
             source: source.to_path_buf(),
             control_socket,
+            health_addr,
             root,
         })
     } else {
@@ -149,7 +151,7 @@ impl Validator<'_> {
         self.push(pos, at.node, message);
     }
 
-    fn root(&mut self, value: &Value) -> Option<(GroupSpec, Option<PathBuf>)> {
+    fn root(&mut self, value: &Value) -> Option<(GroupSpec, Option<PathBuf>, Option<SocketAddr>)> {
         let at = At {
             yaml: vec![],
             node: "",
@@ -172,6 +174,9 @@ impl Validator<'_> {
         if let Some(v) = map.get("control_socket") {
             control_socket = self.string(v, &at.key("control_socket")).map(PathBuf::from);
         }
+        let health_addr = map
+            .get("health_addr")
+            .and_then(|v| self.socket_addr(v, &at.key("health_addr")));
         if map.contains_key("depends_on") {
             self.bad_key(
                 &at.key("depends_on"),
@@ -179,7 +184,25 @@ impl Validator<'_> {
             );
         }
         let group = self.group(map, &at, "", DEFAULT_ROOT_SHUTDOWN_TIMEOUT, true);
-        group.map(|g| (g, control_socket))
+        group.map(|g| (g, control_socket, health_addr))
+    }
+
+    /// An IP address and port to listen on, e.g. `127.0.0.1:9090` or `[::]:9090`. Host names
+    /// are not resolved: what arborist listens on must not depend on DNS at boot.
+    fn socket_addr(&mut self, v: &Value, at: &At) -> Option<SocketAddr> {
+        let text = self.string(v, at)?;
+        match text.trim().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.bad_value(
+                    at,
+                    format!(
+                        "expected an IP address and port such as 127.0.0.1:9090 or [::]:9090, found '{text}'"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn check_keys(&mut self, map: &Mapping, at: &At, is_group: bool, is_root: bool) {
@@ -491,12 +514,6 @@ impl Validator<'_> {
             .get("ready")
             .and_then(|v| self.ready(v, &at.key("ready")));
         let watchdog = self.duration_key(map, at, "watchdog", true);
-        if watchdog.is_some() {
-            self.bad_key(
-                &at.key("watchdog"),
-                "`watchdog` is not supported yet (it needs the sd_notify listener)".into(),
-            );
-        }
         let critical = map
             .get("critical")
             .and_then(|v| self.boolean(v, &at.key("critical")))

@@ -373,21 +373,29 @@ impl Validator<'_> {
                 ReadyCheck::Tcp(addr)
             }
             "exec" => ReadyCheck::Exec(self.string_list(value, &kat, false)?),
-            "http" => ReadyCheck::Http(self.string(value, &kat)?),
-            _ => ReadyCheck::Notify,
+            "http" => {
+                let url = self.string(value, &kat)?;
+                match HttpUrl::parse(&url) {
+                    Ok(u) => ReadyCheck::Http(u),
+                    Err(e) => {
+                        self.bad_value(&kat, format!("invalid URL '{url}': {e}"));
+                        return None;
+                    }
+                }
+            }
+            _ => {
+                if self.boolean(value, &kat)? {
+                    ReadyCheck::Notify
+                } else {
+                    self.bad_value(
+                        &kat,
+                        "`notify: false` means nothing; leave `ready` out for spawned = ready"
+                            .into(),
+                    );
+                    return None;
+                }
+            }
         };
-        if matches!(check, ReadyCheck::Http(_) | ReadyCheck::Notify) {
-            let what = if kind == "http" {
-                "{http: ...}"
-            } else {
-                "{notify: true}"
-            };
-            self.bad_key(
-                &kat,
-                format!("`ready: {what}` is not supported yet (it arrives with the sd_notify and HTTP probes)"),
-            );
-            return None;
-        }
         let interval = self
             .duration_key(m, at, "interval", true)
             .unwrap_or(DEFAULT_READY_INTERVAL);
