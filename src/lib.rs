@@ -17,6 +17,7 @@ pub mod notify;
 pub mod plan;
 pub mod process;
 pub mod report;
+pub mod secrets;
 pub mod signals;
 pub mod status;
 pub mod supervisor;

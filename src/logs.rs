@@ -174,6 +174,7 @@ fn split_lines(chunk: &[u8], partial: &mut Vec<u8>, path: &str, stream: &'static
 
 fn emit(path: &str, stream: &'static str, bytes: &[u8], continued: bool) {
     let text = String::from_utf8_lossy(bytes);
+    let text = crate::secrets::redact(&text);
     let text = text.strip_suffix('\r').unwrap_or(&text);
     if continued {
         tracing::info!(target: "worker", path, stream, continued = true, "{text}");

@@ -151,6 +151,7 @@ fn run(
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    arborist::secrets::learn(&tree);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -37,6 +37,10 @@ pub enum LoadError {
     },
     #[error("{}", render_all(.0))]
     Invalid(Vec<ConfigError>),
+    /// Running as root, arborist runs what the file says as any user: like sshd's
+    /// StrictModes, it refuses a file that someone other than root could have changed.
+    #[error("{}: refusing to use it as root: {reason}; nothing was started", path.display())]
+    Insecure { path: PathBuf, reason: String },
 }
 
 fn render_all(errors: &[ConfigError]) -> String {

@@ -17,7 +17,51 @@ pub fn load(path: &Path) -> Result<TreeSpec, LoadError> {
         path: path.to_path_buf(),
         source,
     })?;
+    if nix::unistd::geteuid().is_root() {
+        if let Err(reason) = trusted_by_root(path) {
+            return Err(LoadError::Insecure {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
+    }
     parse(&text, path)
+}
+
+/// As root: the file and the directory holding it must be owned by root and writable by
+/// nobody else (a directory with the sticky bit, like /tmp, may be world-writable: others
+/// cannot replace a file they do not own there).
+pub fn trusted_by_root(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let check = |p: &Path, what: &str, sticky_ok: bool| -> Result<(), String> {
+        let meta = std::fs::metadata(p).map_err(|e| format!("cannot stat {}: {e}", p.display()))?;
+        if meta.uid() != 0 {
+            return Err(format!(
+                "{what} {} is owned by uid {}, not root",
+                p.display(),
+                meta.uid()
+            ));
+        }
+        let mode = meta.mode();
+        let writable_by_others = mode & 0o022 != 0;
+        if writable_by_others && !(sticky_ok && mode & 0o1000 != 0) {
+            return Err(format!(
+                "{what} {} is {}-writable (mode {:o}); chmod go-w it",
+                p.display(),
+                if mode & 0o002 != 0 { "world" } else { "group" },
+                mode & 0o7777
+            ));
+        }
+        Ok(())
+    };
+    check(path, "the file", false)?;
+    let dir = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    if let Some(dir) = dir {
+        check(&dir, "its directory", true)?;
+    }
+    Ok(())
 }
 
 /// Validates configuration text; `source` names it in errors.

@@ -114,12 +114,42 @@ pub async fn serve(
     }
 }
 
+/// Only arborist's own user and root may use the socket (SO_PEERCRED), whatever the file's
+/// mode says: the 0600 mode is the first guard, this the second (a socket directory made
+/// group-accessible by mistake, or a descriptor passed to another process).
+fn may_steer(stream: &UnixStream) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == me || cred.uid() == 0 => Ok(()),
+        Ok(cred) => {
+            warn!(
+                uid = cred.uid(),
+                pid = cred.pid(),
+                "control socket: refused a client running as uid {} (only uid {me} or root may use it)",
+                cred.uid()
+            );
+            Err(format!(
+                "permission denied: uid {} may not use this arborist (only uid {me} or root)",
+                cred.uid()
+            ))
+        }
+        Err(e) => Err(format!(
+            "permission denied: cannot read the peer's credentials: {e}"
+        )),
+    }
+}
+
 async fn connection(
     stream: UnixStream,
     requests: mpsc::UnboundedSender<ControlRequest>,
     board: StatusBoard,
     daemon: Arc<Daemon>,
 ) -> io::Result<()> {
+    if let Err(refusal) = may_steer(&stream) {
+        let (_, mut write) = stream.into_split();
+        send(&mut write, &Response::error(refusal)).await?;
+        return Ok(());
+    }
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();

@@ -246,6 +246,7 @@ fn deliver(pid: i32, datagram: &[u8]) {
                 }
             }
             ("STATUS", v) => {
+                let v = crate::secrets::redact(v);
                 let mut s: String = v.chars().filter(|c| !c.is_control()).collect();
                 if s.len() > MAX_STATUS {
                     let mut end = MAX_STATUS;

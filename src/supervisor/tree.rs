@@ -345,6 +345,7 @@ fn start_reload(
         control_socket: spec.control_socket.clone(),
         ..new
     };
+    crate::secrets::learn(spec);
     let (tx, rx) = oneshot::channel();
     let _ = root.send(Down::Reload {
         spec: Box::new(spec.root.clone()),
