@@ -28,11 +28,14 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    if let Err(e) = logs::init(cli.log_format, cli.log_level.as_deref()) {
-        eprintln!("arborist: {e}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    match cli.command {
+    let log_output = match logs::init(cli.log_format, cli.log_level.as_deref()) {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("arborist: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let code = match cli.command {
         Command::Check {
             config,
             plan,
@@ -55,7 +58,10 @@ fn main() -> ExitCode {
         }
         Command::Reload => client(cli.socket.as_deref(), Request::Reload, false),
         Command::Shutdown => client(cli.socket.as_deref(), Request::Shutdown, false),
-    }
+    };
+    // The last lines (the shutdown report) reach stderr, unless it stays blocked.
+    log_output.finish(logs::FLUSH_AT_EXIT);
+    code
 }
 
 fn client(socket: Option<&std::path::Path>, request: Request, json: bool) -> ExitCode {

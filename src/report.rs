@@ -54,6 +54,9 @@ pub struct ShutdownReport {
     pub met: usize,
     pub killed: usize,
     pub not_running: usize,
+    /// arborist's own log lines dropped so far because its stderr was blocked or too slow
+    /// (`logs`); the count cannot always get out on stderr itself.
+    pub log_lines_dropped: u64,
     pub nodes: Vec<StopRecord>,
 }
 
@@ -78,6 +81,8 @@ impl ShutdownReport {
             met: count(StopOutcome::Met),
             killed: count(StopOutcome::Killed),
             not_running: count(StopOutcome::NotRunning),
+            // Read here rather than passed in: a process-wide counter, like the metrics.
+            log_lines_dropped: crate::logs::lines_dropped(),
             nodes,
         }
     }
