@@ -49,7 +49,95 @@ const WORKER_KEYS: &[&str] = &[
 /// Largest pool a single worker entry may ask for; beyond this is almost surely a typo.
 const MAX_REPLICAS: u64 = 100_000;
 
+/// Nesting deeper than this is refused before serde_yaml sees the text (libyaml takes
+/// quadratic time on deeply nested flow collections).
+const MAX_DEPTH: usize = 128;
+/// Nodes the document may have once every alias is expanded (serde_yaml limits alias
+/// jumps, not the nodes they expand to: a 28 KB file could expand to 16 million).
+const MAX_EXPANDED_NODES: usize = 100_000;
+
+fn is_depth_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["recursion", "depth", "deep", "nest"]
+        .iter()
+        .any(|w| m.contains(w))
+}
+
+/// One pass over saphyr's events: refuses documents too deep or whose aliases expand past
+/// [`MAX_EXPANDED_NODES`]. Other syntax errors are left to serde_yaml's message.
+fn bounded_yaml(text: &str) -> Result<(), (Pos, String)> {
+    use saphyr_parser::{Event, Parser};
+    let mut depth = 0usize;
+    let mut nodes = 0usize;
+    // Per anchor id: its size in (expanded) nodes; open collections with their anchor.
+    let mut sizes: std::collections::HashMap<usize, usize> = Default::default();
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    for item in Parser::new_from_str(text) {
+        let (event, span) = match item {
+            Ok(item) => item,
+            // saphyr's own nesting limit: refuse here, libyaml would take quadratic time.
+            Err(e) if is_depth_error(&e.to_string()) => {
+                let m = e.marker();
+                let pos = Pos {
+                    line: m.line(),
+                    col: m.col() + 1,
+                };
+                return Err((pos, format!("nested too deeply ({e})")));
+            }
+            // Other syntax errors: serde_yaml's message says it better.
+            Err(_) => return Ok(()),
+        };
+        let pos = Pos {
+            line: span.start.line(),
+            col: span.start.col() + 1,
+        };
+        match event {
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                depth += 1;
+                nodes += 1;
+                if depth > MAX_DEPTH {
+                    return Err((pos, format!("nested deeper than {MAX_DEPTH} levels")));
+                }
+                open.push((anchor, nodes));
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                depth = depth.saturating_sub(1);
+                if let Some((anchor, start)) = open.pop() {
+                    if anchor > 0 {
+                        sizes.insert(anchor, nodes - start + 1);
+                    }
+                }
+            }
+            Event::Scalar(_, _, anchor, _) => {
+                nodes += 1;
+                if anchor > 0 {
+                    sizes.insert(anchor, 1);
+                }
+            }
+            Event::Alias(anchor) => nodes += sizes.get(&anchor).copied().unwrap_or(1),
+            _ => {}
+        }
+        if nodes > MAX_EXPANDED_NODES {
+            return Err((
+                pos,
+                format!(
+                    "more than {MAX_EXPANDED_NODES} nodes once aliases are expanded (an alias bomb?)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
+    if let Err((pos, message)) = bounded_yaml(text) {
+        return Err(vec![ConfigError {
+            file: source.to_path_buf(),
+            pos: Some(pos),
+            node: String::new(),
+            message: format!("invalid YAML: {message}"),
+        }]);
+    }
     let value: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {

@@ -4,6 +4,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The longest duration accepted anywhere in a config: 100 years.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Group, Uid, User};
 use serde_yaml::{Mapping, Value};
@@ -67,6 +70,15 @@ impl Validator<'_> {
         match humantime::parse_duration(s.trim()) {
             Ok(d) if nonzero && d.is_zero() => {
                 self.bad_value(at, "the duration must be greater than zero".into());
+                None
+            }
+            // Deadlines and delays are added to the monotonic clock, which overflows (a
+            // panic) somewhere past a few hundred years; nothing sensible needs more than this.
+            Ok(d) if d > MAX_DURATION => {
+                self.bad_value(
+                    at,
+                    format!("duration '{s}' is too long (at most 100 years)"),
+                );
                 None
             }
             Ok(d) => Some(d),
