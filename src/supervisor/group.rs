@@ -876,12 +876,22 @@ impl Group {
             let down = slot.down.take();
             slot.state = State::Down;
             let path = slot.path.clone();
+            let had_task = down.is_some();
             match down.and_then(|link| link.stop(d)) {
                 Some(rx) => {
                     self.set_status(s, NodeState::Stopping);
                     waiting.push((s, path, kind, rx));
                 }
-                None => records.push(not_running(&path, kind)),
+                None => {
+                    if had_task {
+                        // Its task ended (the process exited) and the exit has not been
+                        // handled yet; that event is now stale and will be dropped, so the
+                        // node must not keep showing `running` with a dead pid.
+                        self.slots[s].pid = None;
+                        self.set_status(s, NodeState::Stopped);
+                    }
+                    records.push(not_running(&path, kind));
+                }
             }
         }
         let replies = join_all(waiting.into_iter().map(|(s, path, kind, rx)| async move {
