@@ -42,7 +42,7 @@ pub enum Notice {
 }
 
 /// Longest `STATUS=` text kept.
-const MAX_STATUS: usize = 256;
+pub const MAX_STATUS: usize = 256;
 /// Datagrams larger than this are truncated (systemd's own limit is similar).
 const MAX_DATAGRAM: usize = 4096;
 /// Notices for groups nobody listens to yet (a worker may speak before its task has
@@ -175,6 +175,22 @@ pub fn status_of(pgid: i32) -> Option<String> {
     table().known.get(&pgid).cloned().flatten()
 }
 
+/// A worker's `STATUS=` value as `status` shows it: control characters removed, then secret
+/// values redacted (in this order, so that control characters cannot split a secret past the
+/// redaction), then cut to [`MAX_STATUS`] bytes on a character boundary.
+pub fn status_text(raw: &str) -> String {
+    let printable: String = raw.chars().filter(|c| !c.is_control()).collect();
+    let mut s = crate::secrets::redact(&printable).into_owned();
+    if s.len() > MAX_STATUS {
+        let mut end = MAX_STATUS;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 async fn read_loop(socket: UnixDatagram) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -245,18 +261,7 @@ fn deliver(pid: i32, datagram: &[u8]) {
                     }
                 }
             }
-            ("STATUS", v) => {
-                let v = crate::secrets::redact(v);
-                let mut s: String = v.chars().filter(|c| !c.is_control()).collect();
-                if s.len() > MAX_STATUS {
-                    let mut end = MAX_STATUS;
-                    while !s.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    s.truncate(end);
-                }
-                status = Some(s);
-            }
+            ("STATUS", v) => status = Some(status_text(v)),
             _ => {}
         }
     }
