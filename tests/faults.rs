@@ -32,20 +32,6 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Parses a JSON log into objects, skipping any line that is not one.
-fn events(log: &str) -> Vec<serde_json::Map<String, Value>> {
-    log.lines()
-        .filter_map(|l| match serde_json::from_str(l) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        })
-        .collect()
-}
-
-fn field<'a>(e: &'a serde_json::Map<String, Value>, key: &str) -> &'a str {
-    e.get(key).and_then(Value::as_str).unwrap_or_default()
-}
-
 /// The messages of the events about `path` in a JSON log.
 fn messages(log: &str, path: &str) -> Vec<String> {
     events(log)

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 use spawned::Spawned;
 use support::*;
 
@@ -81,20 +80,6 @@ fn nobody_when_root() -> Option<(u32, u32)> {
         eprintln!("skipped: no user nobody");
     }
     entry
-}
-
-/// Parses a JSON log into objects, skipping any line that is not one.
-fn events(log: &str) -> Vec<serde_json::Map<String, Value>> {
-    log.lines()
-        .filter_map(|l| match serde_json::from_str(l) {
-            Ok(Value::Object(m)) => Some(m),
-            _ => None,
-        })
-        .collect()
-}
-
-fn field<'a>(e: &'a serde_json::Map<String, Value>, key: &str) -> &'a str {
-    e.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
 /// The first captured stdout line of worker `path` in a JSON log.

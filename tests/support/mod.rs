@@ -317,3 +317,20 @@ impl Drop for Arborist {
         }
     }
 }
+
+/// The JSON objects of a `--log-format json` log, one per line.
+pub fn events(log: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    log.lines()
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A string field of a JSON log event ("" when absent).
+pub fn field<'a>(e: &'a serde_json::Map<String, serde_json::Value>, key: &str) -> &'a str {
+    e.get(key)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+}
