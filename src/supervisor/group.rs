@@ -71,7 +71,9 @@ struct Slot {
     done: Option<bool>,
     /// Stopped by an operator: not started again until an operator starts it.
     held: bool,
-    /// Gone after a reload; its index is never reused.
+    /// Gone after a reload: a vacancy, which `add_slot` fills again. Runs are numbered per
+    /// group, never per slot, so a late report from a removed slot's last run cannot match
+    /// the slot that takes its index.
     removed: bool,
     backoff: BackoffState,
     pending_delay: Duration,
@@ -98,6 +100,11 @@ struct Group {
     token: CancellationToken,
     ctx: Arc<Ctx>,
     slots: Vec<Slot>,
+    /// Indexes of removed slots below `slots.len()`, filled again before the table grows,
+    /// so that reloads which replace workers do not grow the table for good.
+    vacant: Vec<usize>,
+    /// The last run number handed out to any slot of this group (see `Slot::removed`).
+    runs: u64,
     /// Live slot indexes per child node.
     node_slots: Vec<Vec<usize>>,
     deps: Vec<Vec<usize>>,
@@ -217,6 +224,8 @@ impl Group {
             token: run.token.clone(),
             ctx: Arc::clone(&run.ctx),
             slots: Vec::new(),
+            vacant: Vec::new(),
+            runs: 0,
             node_slots: Vec::new(),
             deps: Vec::new(),
             start_order: Vec::new(),
@@ -259,8 +268,7 @@ impl Group {
     }
 
     fn add_slot(&mut self, node: usize, replica: u32) -> usize {
-        let index = self.slots.len();
-        self.slots.push(Slot {
+        let slot = Slot {
             node,
             replica,
             path: self.slot_path(node, replica),
@@ -280,9 +288,42 @@ impl Group {
             last_exit: None,
             next_start_at: None,
             stop_report: None,
-        });
+        };
+        let index = match self.vacant.pop() {
+            Some(index) => {
+                self.slots[index] = slot;
+                index
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
         self.publish(index);
         index
+    }
+
+    /// Gives back what removed slots hold: the table ends at its last live slot, and the
+    /// removed slots below it become vacancies for `add_slot`.
+    fn release_removed(&mut self) {
+        while self.slots.last().is_some_and(|s| s.removed) {
+            self.slots.pop();
+        }
+        if self.slots.len() < self.slots.capacity() / 4 {
+            self.slots.shrink_to_fit();
+        }
+        // Lowest index on top, so that the table stays dense at its start.
+        self.vacant = (0..self.slots.len())
+            .rev()
+            .filter(|&s| self.slots[s].removed)
+            .collect();
+        for &s in &self.vacant {
+            let slot = &mut self.slots[s];
+            slot.down = None;
+            slot.path = String::new();
+            slot.last_exit = None;
+            slot.stop_report = None;
+        }
     }
 
     /// Recomputes the per-node indexes after the spec or the slots changed.
@@ -375,8 +416,9 @@ impl Group {
 
     fn launch(&mut self, index: usize, delay: Duration, permit: Option<OwnedSemaphorePermit>) {
         let key = self.slot_key(index);
+        self.runs += 1;
         let slot = &mut self.slots[index];
-        slot.run += 1;
+        slot.run = self.runs;
         slot.state = State::Running;
         slot.pending_delay = Duration::ZERO;
         slot.pid = None;
@@ -449,8 +491,11 @@ impl Group {
     }
 
     async fn handle(&mut self, event: Up) -> Verdict {
+        // The slot may have been removed (and its index taken or dropped) since.
         let current = |g: &Group, slot: usize, run: u64| {
-            g.slots[slot].run == run && g.slots[slot].state == State::Running
+            g.slots
+                .get(slot)
+                .is_some_and(|s| s.run == run && s.state == State::Running)
         };
         let (index, run, outcome) = match event {
             Up::Started { slot, run, pid } => {
@@ -765,6 +810,7 @@ impl Group {
                 None => self.slots[s].removed = true,
             }
         }
+        self.release_removed();
         for c in &changes {
             let Some(n) = c.new else { continue };
             let range = match &c.change {
