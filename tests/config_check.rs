@@ -610,6 +610,54 @@ children:
 }
 
 #[test]
+fn nul_characters_and_bad_probe_hosts_are_errors_not_failed_spawns_later() {
+    // Each of these used to pass `check`, then failed at every spawn or every probe.
+    let fx = fixture(
+        r#"
+children:
+  c:
+    command: ["echo", "a\0b"]
+  s:
+    shell: "echo \0"
+  d:
+    shell: "true"
+    cwd: "/tmp\0/x"
+  p:
+    shell: "true"
+    pre_stop: ["kill\0"]
+  h:
+    shell: "true"
+    ready: {http: "http://a b:80/"}
+  q:
+    shell: "true"
+    ready: {http: "http://h:+80/"}
+"#,
+    );
+    assert_errors(
+        &fx,
+        &[
+            "3:23: c: a NUL character cannot be passed to a program",
+            "5:12: s: a NUL character cannot be passed to a program",
+            "8:10: d: a NUL character cannot be passed to a program",
+            "11:16: p: a NUL character cannot be passed to a program",
+            "14:19: h: invalid URL 'http://a b:80/': ' ' is not allowed in a host name",
+            "17:19: q: invalid URL 'http://h:+80/': invalid port '+80'",
+        ],
+    );
+}
+
+#[test]
+fn a_second_byte_order_mark_is_one_located_error() {
+    let fx = fixture("\u{feff}\u{feff}children:\n  a:\n    shell: \"true\"\n");
+    assert_errors(
+        &fx,
+        &["1:1: (root): the file starts with more than one byte-order mark"],
+    );
+    let fx = fixture("\u{feff}children:\n  a:\n    shell: \"true\"\n");
+    assert_eq!(code(&fx.check(&[])), 0);
+}
+
+#[test]
 fn notify_http_readiness_and_watchdog_are_accepted_and_shown() {
     let fx = fixture(
         r#"

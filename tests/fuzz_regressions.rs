@@ -400,11 +400,11 @@ fn odd_keys_and_tags_are_clean_errors() {
         ("children: {\"a/b\": {shell: x}}\n", "invalid name"),
         ("children: {\"\": {shell: x}}\n", "invalid name"),
         ("--- a\n--- b\n", "invalid YAML"),
-        // A second byte order mark is part of the key for serde_yaml (saphyr, which locates
-        // errors, disagrees, so this one error has no line:column).
+        // A second byte order mark used to become part of the first key for serde_yaml (and
+        // saphyr, which locates errors, disagreed, so that error had no line:column).
         (
             "\u{feff}\u{feff}children: {w: {shell: x}}\n",
-            "unknown key '\u{feff}children'",
+            "1:1: (root): the file starts with more than one byte-order mark",
         ),
         ("", "the document must be a mapping"),
         ("~", "the document must be a mapping"),
@@ -541,6 +541,13 @@ fn probe_urls_with_nasty_text_are_clean_errors() {
         "http://h/\0",
         "http://h/\r\nX-Evil: 1",
         "http://h:80:80:x/",
+        // Hosts and ports that used to pass, then failed at every probe.
+        "http://a b:80/",
+        "http://h\r\nX:1/",
+        "http://h:+80/",
+        "http://h:0/",
+        "http://[zz]:80/",
+        "http://[::1]:+1/",
     ] {
         let got = bounded("HttpUrl::parse", || HttpUrl::parse(url));
         assert!(

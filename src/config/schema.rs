@@ -180,27 +180,32 @@ impl HttpUrl {
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or("unclosed '[' in the host")?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("'[{h}]' is not an IPv6 address"));
+            }
             let port = match after.strip_prefix(':') {
-                Some(p) => p
-                    .parse::<u16>()
-                    .map_err(|_| format!("invalid port '{p}'"))?,
+                Some(p) => parse_port(p)?,
                 None if after.is_empty() => 80,
                 None => return Err(format!("unexpected '{after}' after the host")),
             };
             (h.to_string(), port)
         } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_string(),
-                    p.parse::<u16>()
-                        .map_err(|_| format!("invalid port '{p}'"))?,
-                ),
-                None => (authority.to_string(), 80),
+            let (h, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, parse_port(p)?),
+                None => (authority, 80),
+            };
+            if h.is_empty() {
+                return Err("no host".into());
             }
+            // A DNS name or an IPv4 address: what the probe can resolve and connect to.
+            if let Some(bad) = h
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+            {
+                return Err(format!("{bad:?} is not allowed in a host name"));
+            }
+            (h.to_string(), port)
         };
-        if host.is_empty() {
-            return Err("no host".into());
-        }
         if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("spaces or control characters in the path".into());
         }
@@ -210,6 +215,14 @@ impl HttpUrl {
             port,
             path,
         })
+    }
+}
+
+/// A URL's port: 1 to 65535, digits only (Rust's integer parsing would also take `+80`).
+fn parse_port(p: &str) -> Result<u16, String> {
+    match p.parse::<u16>() {
+        Ok(port) if port > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+        _ => Err(format!("invalid port '{p}' (expected 1 to 65535)")),
     }
 }
 

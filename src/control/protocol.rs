@@ -93,16 +93,48 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     if line.is_empty() {
         return Err("empty request".into());
     }
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("bad request: not JSON: {e}"))?;
-    let Some(object) = value.as_object() else {
-        return Err("bad request: expected an object such as {\"cmd\":\"status\"}".into());
-    };
+    let Object(object) = serde_json::from_str(line).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => format!("bad request: {e}"),
+        _ => format!("bad request: not JSON: {e}"),
+    })?;
     // serde ignores unknown fields of unit variants even with deny_unknown_fields.
     if let Some(k) = object.keys().find(|k| *k != "cmd" && *k != "path") {
         return Err(format!("bad request: unknown field `{k}`"));
     }
-    serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))
+    serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| format!("bad request: {e}"))
+}
+
+/// A request's JSON object, read with its keys checked to be distinct: serde_json would keep
+/// the last of duplicates, and `{"cmd":"status","cmd":"shutdown"}` must not be read as
+/// whichever came last.
+struct Object(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Object;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"an object such as {"cmd":"status"}"#)
+            }
+            fn visit_map<A>(self, mut map: A) -> Result<Object, A::Error>
+            where
+                A: serde::de::MapAccess<'de>,
+            {
+                let mut object = serde_json::Map::new();
+                while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if object.contains_key(&key) {
+                        let message = format!("duplicate field `{key}`");
+                        return Err(serde::de::Error::custom(message));
+                    }
+                    object.insert(key, value);
+                }
+                Ok(Object(object))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 #[cfg(test)]
@@ -130,7 +162,10 @@ mod tests {
             r#"{"cmd":"explode"}"#,
             r#"{"cmd":"stop"}"#,
             r#"{"cmd":"status","extra":1}"#,
+            r#"{"cmd":"status","cmd":"shutdown"}"#,
+            r#"{"cmd":"stop","path":"a","path":"b"}"#,
             "[1,2]",
+            "7",
         ] {
             assert!(parse_request(bad).is_err(), "{bad:?} should be rejected");
         }

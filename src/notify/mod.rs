@@ -9,7 +9,8 @@ pub mod workers;
 /// Parses one datagram: `KEY=VALUE` lines (a line without `=` is ignored, as systemd does).
 pub fn fields(datagram: &[u8]) -> impl Iterator<Item = (&str, &str)> {
     datagram
-        .split(|&b| b == b'\n')
+        // systemd splits on both (strv_split_newlines), so `READY=1\r\n` is ready.
+        .split(|&b| b == b'\n' || b == b'\r')
         .filter_map(|line| std::str::from_utf8(line).ok())
         .filter_map(|line| line.split_once('='))
 }
@@ -24,5 +25,7 @@ mod tests {
             got,
             vec![("READY", "1"), ("STATUS", "a=b"), ("WATCHDOG", "1")]
         );
+        let got: Vec<_> = super::fields(b"READY=1\r\nSTATUS=x\r").collect();
+        assert_eq!(got, vec![("READY", "1"), ("STATUS", "x")]);
     }
 }

@@ -130,6 +130,16 @@ fn bounded_yaml(text: &str) -> Result<(), (Pos, String)> {
 }
 
 pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
+    // One byte-order mark is allowed; a second would become part of the first key, with no
+    // position to show for it.
+    if text.trim_start_matches('\u{feff}').len() + 3 < text.len() {
+        return Err(vec![ConfigError {
+            file: source.to_path_buf(),
+            pos: Some(Pos { line: 1, col: 1 }),
+            node: String::new(),
+            message: "the file starts with more than one byte-order mark (U+FEFF)".into(),
+        }]);
+    }
     if let Err((pos, message)) = bounded_yaml(text) {
         return Err(vec![ConfigError {
             file: source.to_path_buf(),
@@ -515,7 +525,7 @@ impl Validator<'_> {
                 .map(Program::Command),
             (None, Some(s)) => {
                 let sat = at.key("shell");
-                match self.string(s, &sat) {
+                match self.os_string(s, &sat) {
                     Some(script) if script.trim().is_empty() => {
                         self.bad_value(&sat, "`shell` is empty".into());
                         None
@@ -528,7 +538,7 @@ impl Validator<'_> {
         let env = self.env(map, at);
         let cwd = map
             .get("cwd")
-            .and_then(|v| self.string(v, &at.key("cwd")))
+            .and_then(|v| self.os_string(v, &at.key("cwd")))
             .map(PathBuf::from);
         let user = map.get("user").and_then(|v| self.user(v, &at.key("user")));
         let mut group = map

@@ -25,6 +25,17 @@ impl Validator<'_> {
         }
     }
 
+    /// A string handed to the OS (a program, an argument, a script, a directory), which
+    /// cannot carry NUL: the kernel would cut it there, and every spawn would fail.
+    pub(super) fn os_string(&mut self, v: &Value, at: &At) -> Option<String> {
+        let s = self.string(v, at)?;
+        if s.contains('\0') {
+            self.bad_value(at, "a NUL character cannot be passed to a program".into());
+            return None;
+        }
+        Some(s)
+    }
+
     pub(super) fn boolean(&mut self, v: &Value, at: &At) -> Option<bool> {
         match v {
             Value::Bool(b) => Some(*b),
@@ -146,6 +157,13 @@ impl Validator<'_> {
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
             match item {
+                Value::String(s) if s.contains('\0') => {
+                    self.bad_value(
+                        &at.index(i),
+                        "a NUL character cannot be passed to a program".into(),
+                    );
+                    ok = false;
+                }
                 Value::String(s) => out.push(s.clone()),
                 // argv words like 8080 or true are meant as text.
                 Value::Number(n) if !allow_empty => out.push(n.to_string()),
