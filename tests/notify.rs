@@ -158,6 +158,49 @@ fn systemd_hears_ready_status_reload_stopping_and_extend_timeout() {
 }
 
 #[test]
+fn a_long_stop_keeps_extending_systemds_stop_timeout_every_5_s() {
+    // The worker's stop lasts until the test releases it, so the stop outlives one period.
+    let fx = fixture(
+        r#"
+shutdown_timeout: 20s
+children:
+  slow:
+    shell: "trap 'while [ ! -e release ]; do sleep 0.05; done; exit 0' TERM; echo up > trapped; while :; do sleep 0.1; done"
+    stop_timeout: 20s
+"#,
+    );
+    let sock = fx.path("systemd.sock");
+    let mut sd = Manager::bind_path(&sock);
+    let mut arb = fx.run_with_env(&[], &[("NOTIFY_SOCKET", sock.to_str().unwrap())]);
+    sd.wait("READY=1", WAIT, |m| has_line(m, "READY=1"));
+    fx.wait_file("trapped");
+
+    arb.signal(Signal::SIGTERM);
+    sd.wait("STOPPING=1", WAIT, |m| has_line(m, "STOPPING=1"));
+    let stopping_seen = Instant::now();
+    let extend = sd.wait("a periodic EXTEND_TIMEOUT_USEC", WAIT, |m| {
+        !has_line(m, "STOPPING=1") && value(m, "EXTEND_TIMEOUT_USEC").is_some()
+    });
+    let after = stopping_seen.elapsed();
+    // Every 5 s, not more often (a little slack for the test's own scheduling).
+    assert!(
+        after >= Duration::from_secs(4),
+        "{extend:?} came {after:?} after STOPPING=1"
+    );
+    // What the root deadline still allows (20 s less about 5) plus the 5 s margin.
+    let usec: u64 = value(&extend, "EXTEND_TIMEOUT_USEC")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (10_000_000..=21_000_000).contains(&usec),
+        "EXTEND_TIMEOUT_USEC={usec}, {after:?} into a 20 s stop"
+    );
+    std::fs::write(fx.path("release"), "").unwrap();
+    assert_eq!(exit_code(arb.wait_exit(WAIT)), 0);
+}
+
+#[test]
 fn an_abstract_notify_socket_gets_watchdog_keepalives_at_half_the_period() {
     let fx = fixture(TWO_SLEEPERS);
     let name = format!("arborist-test-{}-{}", std::process::id(), fastrand_name());
