@@ -53,3 +53,17 @@ pub fn close(fd: OwnedFd) {
         }));
     }
 }
+
+/// Gives the allocator's free memory back to the kernel, on the chores thread. Starting a
+/// tree (each spawn builds its argv and environment) or applying a reload frees a burst of
+/// small blocks scattered through the heap; glibc keeps those pages in the process for good
+/// unless asked, and a supervisor's resident memory is what it stays at for months.
+pub fn trim_heap() {
+    run(Box::new(|| {
+        // SAFETY: malloc_trim only releases free memory; it is safe to call at any time.
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }));
+}

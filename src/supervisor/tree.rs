@@ -156,6 +156,7 @@ pub async fn run(inputs: Inputs) -> i32 {
                     info!(workers, "tree ready: every worker is up");
                     if was != "running" {
                         systemd::ready(&format!("ready: {workers}/{workers} workers up"));
+                        crate::process::chores::trim_heap();
                     }
                 }
                 Up::Ended { outcome, .. } => {
@@ -364,6 +365,7 @@ fn start_reload(
         if announce {
             systemd::ready("reloaded");
         }
+        crate::process::chores::trim_heap();
         // Back to what it was (`starting` stays `starting`), unless something else moved it
         // meanwhile (the root became ready, a shutdown began).
         state.send_if_modified(|s| {
