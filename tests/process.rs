@@ -474,6 +474,58 @@ children:
     });
 }
 
+/// The guardian must know a worker's group from the moment the worker runs, not some time
+/// later: here arborist is SIGKILLed while a pool of 100 is still starting, as soon as the
+/// first grandchild exists, and every grandchild that got to record itself must die.
+/// (The guardian used to learn of new groups in the chores thread's next batch; under load
+/// a grandchild could slip through.)
+#[test]
+fn grandchildren_of_workers_started_an_instant_before_a_sigkill_die_too() {
+    let fx = Fixture::new(
+        r#"
+shutdown_timeout: 5s
+children:
+  pool:
+    replicas: 100
+    command: ["sh", "-c", "sleep 1000 & echo $! > $DIR/gc$ARBORIST_REPLICA.tmp && mv $DIR/gc$ARBORIST_REPLICA.tmp $DIR/gc$ARBORIST_REPLICA.pid; exec sleep 1000"]
+"#,
+    );
+    let mut arb = fx.run(&[]);
+    let recorded = || {
+        std::fs::read_dir(fx.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("gc") && n.ends_with(".pid"))
+            .collect::<Vec<_>>()
+    };
+    wait_until("a first grandchild", WAIT, || !recorded().is_empty());
+    let guardian = guardian_of(arb.pid()).expect("guardian");
+    let (code, _) = arb.stop_with(Signal::SIGKILL, WAIT);
+    assert_eq!(code, 128 + 9);
+    wait_until("the guardian to leave", Duration::from_secs(5), || {
+        !alive(guardian)
+    });
+    let pids: Vec<i32> = recorded()
+        .iter()
+        .filter_map(|n| fx.read(n)?.trim().parse().ok())
+        .collect();
+    assert!(!pids.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| alive(p)) {
+        let left: Vec<_> = pids
+            .iter()
+            .filter(|&&p| alive(p))
+            .map(|&p| (p, proc_state(p), proc_stat_field(p, 5)))
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "of {} grandchildren, these outlived arborist (pid, state, pgid): {left:?}",
+            pids.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn worker_leaders_die_by_a_sigkill_pdeathsig_even_without_the_guardian() {
     let fx = Fixture::new(

@@ -97,10 +97,10 @@ pub fn forget_kept() {
     }
 }
 
+/// A worker's group, live until `remove_group`. The guardian has it already: the worker
+/// told it before exec.
 pub fn add_group(pgid: i32) {
-    if lock(&GROUPS).insert(pgid) {
-        guardian::watch(pgid);
-    }
+    lock(&GROUPS).insert(pgid);
 }
 
 pub fn remove_group(pgid: i32) {

@@ -174,7 +174,8 @@ pub fn start_spawners(threads: usize) -> io::Result<()> {
 }
 
 /// Spawns a child in a new process group and registers it as owned (the reaper delivers its
-/// exit status to the returned `Child`).
+/// exit status to the returned `Child`) and its group as live (the guardian kills it if
+/// arborist dies); the caller calls `registry::remove_group` once the group is empty.
 pub async fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
     let Some(spawners) = SPAWNERS.get() else {
         return Image::prepare(launch)?.spawn();
@@ -251,6 +252,8 @@ struct Shared {
     outputs: [Option<RawFd>; 2],
     nofile: Option<libc::rlimit>,
     parent: libc::pid_t,
+    /// The guardian's pipe (-1: none), told of the child's group before exec.
+    guardian: RawFd,
     /// errno of the step that failed, and which step it was ([`STEPS`]), written by the
     /// child before `_exit`.
     error: AtomicI32,
@@ -353,6 +356,7 @@ impl Image {
             outputs: self.outputs,
             nofile: self.nofile,
             parent: std::process::id() as libc::pid_t,
+            guardian: super::guardian::pipe_fd(),
             error: AtomicI32::new(0),
             step: AtomicI32::new(0),
         };
@@ -376,6 +380,8 @@ impl Image {
         let child = result.map(|pid| {
             let (deliver, exit) = oneshot::channel();
             registry::own(pid, ticket, deliver);
+            // The caller removes it once the group is empty.
+            registry::add_group(pid);
             let [stdout, stderr] = std::mem::take(&mut self.readers);
             Child {
                 pid,
@@ -501,6 +507,26 @@ fn clone_vfork(shared: &Shared) -> io::Result<i32> {
 /// The child between clone and exec. It shares arborist's memory and the forking thread's
 /// TLS, so it makes only system calls; identity changes go through raw `syscall(2)`, because
 /// glibc's `setuid` would try to signal arborist's other threads.
+/// Writes `+PID\n` into `buf` without allocating (the child may not); returns its length.
+fn group_line(pid: libc::pid_t, buf: &mut [u8; 16]) -> usize {
+    let mut digits = [0u8; 12];
+    let mut n = pid.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let number = &digits[i..];
+    buf[0] = b'+';
+    buf[1..=number.len()].copy_from_slice(number);
+    buf[number.len() + 1] = b'\n';
+    number.len() + 2
+}
+
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `Shared` of `clone_vfork`, alive while we run.
     let s = unsafe { &*(arg as *const Shared) };
@@ -515,6 +541,16 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     };
     // SAFETY: system calls on data prepared by the parent; see above.
     unsafe {
+        // The guardian learns of this group now, before the program runs: told by arborist
+        // after the spawn, it could miss grandchildren forked meanwhile if arborist were
+        // SIGKILLed then (the spawner thread may wait a while for a CPU). One write of at
+        // most PIPE_BUF bytes, so it cannot interleave with arborist's. SIGPIPE is still
+        // ignored here (arborist's disposition), so a gone guardian only fails the write.
+        if s.guardian >= 0 {
+            let mut line = [0u8; 16];
+            let len = group_line(libc::getpid(), &mut line);
+            libc::write(s.guardian, line.as_ptr().cast(), len);
+        }
         for sig in 1..65 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
@@ -594,5 +630,21 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         step(5);
         libc::execve(s.program, s.argv, s.env);
         fail()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn group_lines_are_what_the_guardian_reads() {
+        let mut buf = [0u8; 16];
+        for (pid, want) in [
+            (1, "+1\n"),
+            (4194304, "+4194304\n"),
+            (i32::MAX, "+2147483647\n"),
+        ] {
+            let len = super::group_line(pid, &mut buf);
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), want);
+        }
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{HttpUrl, ReadyCheck, ReadySpec};
-use crate::process::{group, spawn};
+use crate::process::{group, registry, spawn};
 
 pub(crate) struct ProbeEnv<'a> {
     pub path: &'a str,
@@ -56,21 +56,31 @@ async fn attempt(spec: &ReadySpec, env: &ProbeEnv<'_>) -> bool {
                 }
             };
             let pid = child.id();
-            let passed = match timeout(spec.timeout, child.wait()).await {
+            // Whatever happens, even if this probe is dropped half-way (its worker is being
+            // stopped), anything left in the probe's group goes.
+            let _cleanup = ProbeGroup(pid);
+            match timeout(spec.timeout, child.wait()).await {
                 Ok(Ok(status)) => status.success(),
                 _ => {
                     group::signal_group(pid, Signal::SIGKILL);
                     let _ = child.wait().await;
                     false
                 }
-            };
-            // Anything the probe left behind in its group goes too.
-            group::signal_group(pid, Signal::SIGKILL);
-            passed
+            }
         }
         ReadyCheck::Http(url) => matches!(timeout(spec.timeout, http_ok(url)).await, Ok(true)),
         // Readiness comes from the worker's READY=1, not from a probe.
         ReadyCheck::Notify => std::future::pending().await,
+    }
+}
+
+/// The process group of an exec probe: killed and forgotten when the attempt ends.
+struct ProbeGroup(i32);
+
+impl Drop for ProbeGroup {
+    fn drop(&mut self) {
+        group::signal_group(self.0, Signal::SIGKILL);
+        registry::remove_group(self.0);
     }
 }
 

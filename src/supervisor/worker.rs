@@ -94,7 +94,6 @@ impl WorkerRun {
             }
         };
         let pid = child.id();
-        registry::add_group(pid);
         let notify_ready = matches!(&spec.ready, Some(r) if r.check == ReadyCheck::Notify);
         let mut notices = notify::register(pid, notify_ready || spec.watchdog.is_some());
         info!(path = %self.path, pid, "started");
