@@ -507,20 +507,11 @@ fn clone_vfork(shared: &Shared) -> io::Result<i32> {
 /// The child between clone and exec. It shares arborist's memory and the forking thread's
 /// TLS, so it makes only system calls; identity changes go through raw `syscall(2)`, because
 /// glibc's `setuid` would try to signal arborist's other threads.
-/// Writes `+PID\n` into `buf` without allocating (the child may not); returns its length.
-fn group_line(pid: libc::pid_t, buf: &mut [u8; 16]) -> usize {
-    let mut digits = [0u8; 12];
-    let mut n = pid.unsigned_abs();
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let number = &digits[i..];
+/// The guardian's line for a new group, `+PGID\n`, built without allocating (the child may
+/// not allocate): at most 13 bytes, in one write.
+fn group_line(pgid: libc::pid_t, buf: &mut [u8; 16]) -> usize {
+    let mut digits = itoa::Buffer::new();
+    let number = digits.format(pgid).as_bytes();
     buf[0] = b'+';
     buf[1..=number.len()].copy_from_slice(number);
     buf[number.len() + 1] = b'\n';
