@@ -21,7 +21,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -46,48 +46,14 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(hard)
 }
 
-/// What to run and how.
-pub struct Launch<'a> {
-    pub argv: &'a [String],
-    pub env: &'a [(String, String)],
-    pub cwd: Option<&'a Path>,
+/// What to run and how. Owned, because it is handed to a spawner thread.
+pub struct Launch {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
     pub uid: Option<Uid>,
     pub gid: Option<Gid>,
     pub output: Output,
-}
-
-/// A [`Launch`] that can be sent to a spawner thread.
-struct OwnedLaunch {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    cwd: Option<std::path::PathBuf>,
-    uid: Option<Uid>,
-    gid: Option<Gid>,
-    output: Output,
-}
-
-impl OwnedLaunch {
-    fn of(l: &Launch) -> OwnedLaunch {
-        OwnedLaunch {
-            argv: l.argv.to_vec(),
-            env: l.env.to_vec(),
-            cwd: l.cwd.map(Path::to_path_buf),
-            uid: l.uid,
-            gid: l.gid,
-            output: l.output,
-        }
-    }
-
-    fn borrow(&self) -> Launch<'_> {
-        Launch {
-            argv: &self.argv,
-            env: &self.env,
-            cwd: self.cwd.as_deref(),
-            uid: self.uid,
-            gid: self.gid,
-            output: self.output,
-        }
-    }
 }
 
 /// Where a child's stdout and stderr go.
@@ -176,19 +142,18 @@ pub fn start_spawners(threads: usize) -> io::Result<()> {
 /// Spawns a child in a new process group and registers it as owned (the reaper delivers its
 /// exit status to the returned `Child`) and its group as live (the guardian kills it if
 /// arborist dies); the caller calls `registry::remove_group` once the group is empty.
-pub async fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
+pub async fn spawn(launch: Launch) -> io::Result<Child> {
     let Some(spawners) = SPAWNERS.get() else {
-        return Image::prepare(launch)?.spawn();
+        return Image::prepare(&launch)?.spawn();
     };
     // The image (the whole environment and argv as C strings, the PATH lookup) is built on
     // the spawner thread, in that thread's allocator arena. Built here, a thousand images
     // for a tree starting at once were allocated between the runtime's long-lived
     // allocations and freed after the spawns, which left holes that kept arborist's heap
     // about 2 MiB larger for good.
-    let owned = OwnedLaunch::of(launch);
     let (reply, result) = oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = reply.send(Image::prepare(&owned.borrow()).and_then(Image::spawn));
+        let _ = reply.send(Image::prepare(&launch).and_then(Image::spawn));
     });
     let sent = spawners
         .lock()
@@ -281,8 +246,8 @@ impl Image {
                 io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in command or env")
             })
         };
-        let env = environment(launch.env);
-        let program = resolve(program, &env, launch.cwd)?;
+        let env = environment(&launch.env);
+        let program = resolve(program, &env, launch.cwd.as_deref())?;
         let mut argv = Vec::with_capacity(launch.argv.len());
         argv.push(cstring(launch.argv[0].as_bytes())?);
         for a in args {
@@ -299,6 +264,7 @@ impl Image {
             .collect::<io::Result<Vec<_>>>()?;
         let cwd = launch
             .cwd
+            .as_ref()
             .map(|d| cstring(d.as_os_str().as_bytes()))
             .transpose()?;
         let null = dev_null()?;

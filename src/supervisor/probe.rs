@@ -37,14 +37,14 @@ async fn attempt(spec: &ReadySpec, env: &ProbeEnv<'_>) -> bool {
         ),
         ReadyCheck::Exec(argv) => {
             let launch = spawn::Launch {
-                argv,
-                env: env.env,
-                cwd: env.cwd,
+                argv: argv.clone(),
+                env: env.env.to_vec(),
+                cwd: env.cwd.map(Path::to_path_buf),
                 uid: None,
                 gid: None,
                 output: spawn::Output::Null,
             };
-            let mut child = match spawn::spawn(&launch).await {
+            let mut child = match spawn::spawn(launch).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(

@@ -66,11 +66,17 @@ impl WorkerRun {
         if let Some(period) = spec.watchdog {
             env.push(("WATCHDOG_USEC".into(), period.as_micros().to_string()));
         }
+        // An exec probe runs in the worker's environment; nothing else needs it after the spawn.
+        let probe_vars = match &spec.ready {
+            Some(r) if matches!(r.check, ReadyCheck::Exec(_)) => env.clone(),
+            _ => Vec::new(),
+        };
         let argv = spec.program.argv();
+        let program = argv[0].clone();
         let launch = Launch {
-            argv: &argv,
-            env: &env,
-            cwd: spec.cwd.as_deref(),
+            argv,
+            env,
+            cwd: spec.cwd.clone(),
             uid: spec.user.as_ref().map(|u| u.id),
             gid: spec.group.as_ref().map(|g| g.id),
             output: match spec.logs {
@@ -79,16 +85,16 @@ impl WorkerRun {
             },
         };
         let started = Instant::now();
-        let mut child = match spawn::spawn(&launch).await {
+        let mut child = match spawn::spawn(launch).await {
             Ok(child) => child,
             Err(e) => {
-                warn!(path = %self.path, "spawn failed: {}: {e}", argv[0]);
+                warn!(path = %self.path, "spawn failed: {program}: {e}");
                 self.link.ended(Outcome {
                     failed: true,
                     spawn_error: true,
                     settled: false,
                     ran_for: Duration::ZERO,
-                    exit: Some(format!("spawn failed: {}: {e}", argv[0])),
+                    exit: Some(format!("spawn failed: {program}: {e}")),
                 });
                 return;
             }
@@ -113,7 +119,7 @@ impl WorkerRun {
         let probe_path = self.path.clone();
         let probe_env = ProbeEnv {
             path: &probe_path,
-            env: &env,
+            env: &probe_vars,
             cwd: spec.cwd.as_deref(),
         };
         // Boxed, like the stop sequence below: the task of a worker without a probe, or not
@@ -345,9 +351,9 @@ impl WorkerRun {
         env.push(("ARBORIST_PATH".into(), self.path.clone()));
         env.push(("ARBORIST_REPLICA".into(), self.replica.to_string()));
         let launch = Launch {
-            argv,
-            env: &env,
-            cwd: self.spec.cwd.as_deref(),
+            argv: argv.to_vec(),
+            env,
+            cwd: self.spec.cwd.clone(),
             uid: self.spec.user.as_ref().map(|u| u.id),
             gid: self.spec.group.as_ref().map(|g| g.id),
             output: match self.spec.logs {
@@ -355,7 +361,7 @@ impl WorkerRun {
                 LogMode::Inherit => Output::Inherit,
             },
         };
-        let mut child = match spawn::spawn(&launch).await {
+        let mut child = match spawn::spawn(launch).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(path = %self.path, "pre_stop {}: cannot start: {e}", argv[0]);
