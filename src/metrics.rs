@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::report::{millis, StopOutcome, StopRecord};
+use crate::report::{millis, NodeType, StopOutcome, StopRecord};
 
 /// Processes SIGKILLed at a deadline, over every stop recorded so far.
 static DEADLINE_KILLS: AtomicU64 = AtomicU64::new(0);
@@ -42,7 +42,7 @@ pub fn longest(records: &[StopRecord]) -> Duration {
 fn killed_processes(records: &[StopRecord]) -> u64 {
     records
         .iter()
-        .filter(|r| r.kind != "group" && r.outcome == StopOutcome::Killed)
+        .filter(|r| r.kind != NodeType::Group && r.outcome == StopOutcome::Killed)
         .count() as u64
 }
 
@@ -62,7 +62,7 @@ pub fn last_stop_duration() -> Option<Duration> {
 mod tests {
     use super::*;
 
-    fn record(kind: &'static str, outcome: StopOutcome, took_ms: u64) -> StopRecord {
+    fn record(kind: NodeType, outcome: StopOutcome, took_ms: u64) -> StopRecord {
         StopRecord {
             path: "p".into(),
             kind,
@@ -80,10 +80,10 @@ mod tests {
     fn stops_count_killed_processes_not_groups_and_keep_the_last_duration() {
         let before = deadline_kills();
         let records = [
-            record("group", StopOutcome::Killed, 2000),
-            record("worker", StopOutcome::Killed, 2000),
-            record("worker", StopOutcome::Met, 10),
-            record("adopted", StopOutcome::Killed, 1500),
+            record(NodeType::Group, StopOutcome::Killed, 2000),
+            record(NodeType::Worker, StopOutcome::Killed, 2000),
+            record(NodeType::Worker, StopOutcome::Met, 10),
+            record(NodeType::Adopted, StopOutcome::Killed, 1500),
         ];
         assert_eq!(longest(&records), Duration::from_secs(2));
         stop_finished(&records, Duration::from_millis(2100));
@@ -92,7 +92,7 @@ mod tests {
 
         // Nothing was running: the last duration stays.
         stop_finished(
-            &[record("worker", StopOutcome::NotRunning, 0)],
+            &[record(NodeType::Worker, StopOutcome::NotRunning, 0)],
             Duration::ZERO,
         );
         assert_eq!(last_stop_duration(), Some(Duration::from_millis(2100)));

@@ -28,10 +28,36 @@ impl StopOutcome {
     }
 }
 
+/// What a node of the report or the status board is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeType {
+    Worker,
+    Group,
+    /// A process that left its worker's process group and was adopted by arborist.
+    Adopted,
+}
+
+impl NodeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeType::Worker => "worker",
+            NodeType::Group => "group",
+            NodeType::Adopted => "adopted",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StopRecord {
     pub path: String,
-    pub kind: &'static str,
+    pub kind: NodeType,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +83,9 @@ pub struct ShutdownReport {
     /// arborist's own log lines dropped so far because its stderr was blocked or too slow
     /// (`logs`); the count cannot always get out on stderr itself.
     pub log_lines_dropped: u64,
+    /// Process groups SIGKILLed at a deadline since arborist started, by any path: this
+    /// shutdown, an operator's stop, a strategy restart, a watchdog. Any makes `run` exit 3.
+    pub sigkills_since_start: u64,
     pub nodes: Vec<StopRecord>,
 }
 
@@ -70,8 +99,12 @@ impl ShutdownReport {
         total: Duration,
         deadline: Duration,
         nodes: Vec<StopRecord>,
+        sigkills_since_start: u64,
     ) -> Self {
-        let workers: Vec<&StopRecord> = nodes.iter().filter(|n| n.kind == "worker").collect();
+        let workers: Vec<&StopRecord> = nodes
+            .iter()
+            .filter(|n| n.kind == NodeType::Worker)
+            .collect();
         let count = |o: StopOutcome| workers.iter().filter(|n| n.outcome == o).count();
         ShutdownReport {
             reason,
@@ -83,6 +116,7 @@ impl ShutdownReport {
             not_running: count(StopOutcome::NotRunning),
             // Read here rather than passed in: a process-wide counter, like the metrics.
             log_lines_dropped: crate::logs::lines_dropped(),
+            sigkills_since_start,
             nodes,
         }
     }
@@ -98,16 +132,16 @@ impl ShutdownReport {
             let deadline = fmt_ms(n.deadline_ms);
             match n.outcome {
                 StopOutcome::Met => tracing::info!(
-                    path = %n.path, kind = n.kind, took_ms = n.took_ms, deadline_ms = n.deadline_ms,
+                    path = %n.path, kind = n.kind.as_str(), took_ms = n.took_ms, deadline_ms = n.deadline_ms,
                     "stopped in {took} (deadline {deadline}){}",
                     n.exit.as_deref().map(|e| format!(", {e}")).unwrap_or_default()
                 ),
                 StopOutcome::Killed => tracing::warn!(
-                    path = %n.path, kind = n.kind, took_ms = n.took_ms, deadline_ms = n.deadline_ms,
+                    path = %n.path, kind = n.kind.as_str(), took_ms = n.took_ms, deadline_ms = n.deadline_ms,
                     "KILLED: still running at its {deadline} deadline (stopped after {took})"
                 ),
                 StopOutcome::NotRunning => tracing::info!(
-                    path = %n.path, kind = n.kind, "was not running"
+                    path = %n.path, kind = n.kind.as_str(), "was not running"
                 ),
             }
         }
@@ -118,6 +152,13 @@ impl ShutdownReport {
             fmt_ms(self.total_ms), fmt_ms(self.deadline_ms), self.workers, self.met,
             self.killed, self.not_running
         );
+        let before = self.sigkills_since_start.saturating_sub(self.killed as u64);
+        if before > 0 {
+            tracing::warn!(
+                sigkills_since_start = self.sigkills_since_start,
+                "{before} process group(s) were SIGKILLed at a deadline before this shutdown (operator stops, restarts, watchdogs)"
+            );
+        }
     }
 
     pub fn write_json(&self, path: &Path) -> std::io::Result<()> {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::report::{millis, StopRecord};
+use crate::report::{millis, NodeType, StopRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,7 +51,7 @@ impl NodeState {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub path: String,
-    pub kind: &'static str,
+    pub kind: NodeType,
     pub state: NodeState,
     pub pid: Option<u32>,
     pub since: Option<Instant>,
@@ -176,7 +176,7 @@ impl WorkerCounts {
     const EVERY: Duration = Duration::from_secs(1);
 
     fn add(&mut self, e: &Entry, sign: i64) {
-        if e.kind == "worker" {
+        if e.kind == NodeType::Worker {
             self.total += sign;
             if matches!(e.state, NodeState::Running | NodeState::Ready) {
                 self.up += sign;
@@ -219,7 +219,7 @@ fn render(key: &OrderKey, e: &Entry, now: Instant) -> NodeStatus {
     );
     NodeStatus {
         path: crate::config::display_path(&e.path).to_string(),
-        kind: e.kind.to_string(),
+        kind: e.kind.as_str().to_string(),
         state: e.state.as_str().to_string(),
         depth: key.len() / 2,
         pid: e.pid.filter(|_| up),
@@ -239,7 +239,7 @@ fn render(key: &OrderKey, e: &Entry, now: Instant) -> NodeStatus {
             .and_then(|r| serde_json::to_value(r).ok()),
         notify_status: e
             .pid
-            .filter(|_| up && e.kind == "worker")
+            .filter(|_| up && e.kind == NodeType::Worker)
             .and_then(|pid| crate::notify::workers::status_of(pid as i32)),
     }
 }

@@ -821,8 +821,10 @@ children:
         let zombies = zombies_of(arb.pid());
         assert!(zombies.is_empty(), "{path}: zombies {zombies:?}");
     }
+    // `stubborn` was SIGKILLed at its deadline by the operator's stop: `run` says so (exit 3,
+    // SPEC §3 "anything SIGKILLed makes run exit 3, whichever path killed it").
     let (code, _) = arb.stop_with(Signal::SIGTERM, LIMIT);
-    assert_eq!(code, 0, "log:\n{}", arb.log());
+    assert_eq!(code, 3, "log:\n{}", arb.log());
 }
 
 // ---------------------------------------------------------------------------------------

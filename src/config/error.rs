@@ -41,6 +41,18 @@ pub enum LoadError {
     /// StrictModes, it refuses a file that someone other than root could have changed.
     #[error("{}: refusing to use it as root: {reason}; nothing was started", path.display())]
     Insecure { path: PathBuf, reason: String },
+    /// The read (or a user look-up while validating) did not finish in time: a FIFO, a hung
+    /// mount, a stalled name service.
+    #[error("{}: not read within {}: is it a FIFO, or on a hung mount?", path.display(), humantime::format_duration(*limit))]
+    TimedOut {
+        path: PathBuf,
+        limit: std::time::Duration,
+    },
+    #[error("{}: cannot start a thread to read it: {source}", path.display())]
+    NoThread {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn render_all(errors: &[ConfigError]) -> String {

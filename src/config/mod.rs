@@ -6,7 +6,8 @@ mod locate;
 pub mod schema;
 mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use error::LoadError;
 pub use schema::*;
@@ -26,6 +27,32 @@ pub fn load(path: &Path) -> Result<TreeSpec, LoadError> {
         }
     }
     parse(&text, path)
+}
+
+/// Reads and validates a configuration file on a thread of its own, so that a slow or hung
+/// read (a FIFO, a stalled mount, a name service behind `user:`) never blocks the caller's
+/// runtime, and gives up after `limit`. A read that never returns keeps its thread (it cannot
+/// be cancelled), which is why callers run one at a time.
+pub async fn load_off_thread(path: PathBuf, limit: Duration) -> Result<TreeSpec, LoadError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reader = path.clone();
+    std::thread::Builder::new()
+        .name("config-read".into())
+        .spawn(move || {
+            let _ = tx.send(load(&reader));
+        })
+        .map_err(|source| LoadError::NoThread {
+            path: path.clone(),
+            source,
+        })?;
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(LoadError::NoThread {
+            path,
+            source: std::io::Error::other("the reading thread ended without an answer"),
+        }),
+        Err(_) => Err(LoadError::TimedOut { path, limit }),
+    }
 }
 
 /// As root: the file and the directory holding it must be owned by root and writable by

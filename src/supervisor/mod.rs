@@ -1,24 +1,29 @@
 //! The runtime tree: one task per running node. A group task owns its children's slots and
 //! decides restarts (strategy, intensity); a worker task owns one process from spawn to
-//! reaping. Tasks talk by messages only: events go up (`Up`), stop requests come down
-//! (`Down`). Every node has a `CancellationToken` that is a child of its parent's; cancelling
-//! means "stop starting and restarting", while the stop itself is a `Down::Stop` that carries
-//! the deadline, so each level's deadline is a value passed down, not a hidden timer.
+//! reaping. Tasks talk by messages only: events go up (`Up`), requests come down (`Down`).
+//! Every node has a `CancellationToken` that is a child of its parent's; cancelling means
+//! "stop starting and restarting", while the stop itself is a `Down::Stop` that carries a
+//! tightenable [`Deadline`], so each level's deadline is a value passed down, not a hidden
+//! timer. No task ever awaits a child: a stop, an operator's request or a reload is state
+//! that the group's loop drives, so a tighter stop from above preempts it at once.
 
 mod backoff;
+mod deadline;
 mod group;
 mod probe;
 pub mod tree;
 mod worker;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+pub(crate) use deadline::{Deadline, DeadlineHandle};
+
 use crate::config::GroupSpec;
-use crate::report::{StopOutcome, StopRecord};
+use crate::report::{NodeType, StopOutcome, StopRecord};
 use crate::status::StatusBoard;
 
 /// What every task of the tree shares.
@@ -29,6 +34,20 @@ pub(crate) struct Ctx {
     pub tracker: TaskTracker,
     /// Events for the tree as a whole (the controller in `tree`).
     pub tree: mpsc::UnboundedSender<TreeEvent>,
+    /// Process groups SIGKILLed at a deadline since arborist started, by whichever path
+    /// (shutdown, an operator's stop, a strategy restart, a watchdog): any makes `run` exit
+    /// 3 rather than 0, and the report counts them.
+    pub sigkills: AtomicU64,
+}
+
+impl Ctx {
+    pub fn note_sigkill(&self) {
+        self.sigkills.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn sigkills(&self) -> u64 {
+        self.sigkills.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
@@ -50,15 +69,29 @@ pub(crate) enum Up {
         slot: usize,
         run: u64,
     },
+    /// The run ended by itself (an exit, a failed spawn, a watchdog, a group that failed or
+    /// settled). Its task is gone.
     Ended {
         slot: usize,
         run: u64,
         outcome: Outcome,
     },
+    /// The run stopped as its group asked: the records of everything stopped. Its task is
+    /// gone.
+    Stopped {
+        slot: usize,
+        run: u64,
+        records: Vec<StopRecord>,
+    },
+    /// A group applied the reload its parent sent.
+    Reloaded {
+        slot: usize,
+        run: u64,
+    },
 }
 
 /// How one run of a node ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Outcome {
     /// Non-zero exit, killed by a signal, spawn failure; for a group, restart intensity
     /// exceeded.
@@ -70,41 +103,41 @@ pub(crate) struct Outcome {
     pub ran_for: Duration,
     /// "exit status 1", "signal SIGKILL", "spawn failed: ...".
     pub exit: Option<String>,
+    /// What the run stopped on its way out (a hung worker's stop sequence, a failed group's
+    /// stop of its children); a shutdown report lists them when the stop raced with the end.
+    pub records: Vec<StopRecord>,
 }
 
-/// A request to a child from its group (or to the root from the tree controller).
+/// A request to a child group from its parent (or to the root from the tree controller).
 #[derive(Debug)]
 pub(crate) enum Down {
-    /// Stop by `deadline` and answer with the stop records of everything stopped.
-    Stop {
-        deadline: Instant,
-        reply: oneshot::Sender<Vec<StopRecord>>,
-    },
+    /// Stop by `deadline` (which the asker may tighten later), then report `Up::Stopped`.
+    Stop { deadline: Deadline },
     /// An operator's start/stop/restart of the node at `target` (path segments below this
-    /// group). Only groups receive it.
+    /// group). The answer goes straight to `reply`.
     Control {
         op: Op,
         target: Vec<String>,
         reply: oneshot::Sender<ControlResult>,
     },
-    /// Apply a new version of this group's spec (possibly the same), and take `key` as this
-    /// group's place on the status board. Only groups receive it.
+    /// Apply a new version of this group's spec (possibly the same), take `key` as this
+    /// group's place on the status board, then report `Up::Reloaded`.
     Reload {
         spec: Box<GroupSpec>,
         key: crate::status::OrderKey,
-        reply: oneshot::Sender<()>,
     },
 }
 
-/// A stop request for a worker: its deadline, and where its stop record goes.
+/// A stop request for a worker. The answer is an `Up::Stopped` (or, when the worker ended
+/// by itself meanwhile, its `Up::Ended`).
 #[derive(Debug)]
 pub(crate) struct StopRequest {
-    pub deadline: Instant,
-    pub reply: oneshot::Sender<Vec<StopRecord>>,
+    pub deadline: Deadline,
 }
 
-/// A group's line to one running child. A worker only ever gets one stop request, so a
-/// oneshot does (a channel per worker would cost a kilobyte each in a pool of 1000).
+/// A group's line to one running child. A worker only ever gets one stop request (later
+/// tightenings travel through its deadline), so a oneshot does: a channel per worker would
+/// cost a kilobyte each in a pool of 1000.
 #[derive(Debug)]
 pub(crate) enum Downlink {
     Worker(oneshot::Sender<StopRequest>),
@@ -112,14 +145,12 @@ pub(crate) enum Downlink {
 }
 
 impl Downlink {
-    /// Asks the child to stop by `deadline`; None if it is already gone.
-    pub fn stop(self, deadline: Instant) -> Option<oneshot::Receiver<Vec<StopRecord>>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = match self {
-            Downlink::Worker(tx) => tx.send(StopRequest { deadline, reply }).is_ok(),
-            Downlink::Group(tx) => tx.send(Down::Stop { deadline, reply }).is_ok(),
-        };
-        sent.then_some(rx)
+    /// Asks the child to stop by `deadline`; false if its task is already gone.
+    pub fn stop(self, deadline: Deadline) -> bool {
+        match self {
+            Downlink::Worker(tx) => tx.send(StopRequest { deadline }).is_ok(),
+            Downlink::Group(tx) => tx.send(Down::Stop { deadline }).is_ok(),
+        }
     }
 
     pub fn group(&self) -> Option<&mpsc::UnboundedSender<Down>> {
@@ -175,9 +206,22 @@ impl Link {
             outcome,
         });
     }
+    fn stopped(&self, records: Vec<StopRecord>) {
+        let _ = self.up.send(Up::Stopped {
+            slot: self.slot,
+            run: self.run,
+            records,
+        });
+    }
+    fn reloaded(&self) {
+        let _ = self.up.send(Up::Reloaded {
+            slot: self.slot,
+            run: self.run,
+        });
+    }
 }
 
-pub(crate) fn not_running(path: &str, kind: &'static str) -> StopRecord {
+pub(crate) fn not_running(path: &str, kind: NodeType) -> StopRecord {
     StopRecord {
         path: crate::config::display_path(path).to_string(),
         kind,
@@ -187,55 +231,5 @@ pub(crate) fn not_running(path: &str, kind: &'static str) -> StopRecord {
         took_ms: 0,
         outcome: StopOutcome::NotRunning,
         exit: None,
-    }
-}
-
-/// Answers a stop request when nothing is running; waits for the request if none came yet
-/// (until the parent drops the channel, which it does when it forgets the child).
-async fn answer_not_running(
-    first: Option<Down>,
-    down: &mut mpsc::UnboundedReceiver<Down>,
-    path: &str,
-    kind: &'static str,
-) {
-    answer_with(first, down, vec![not_running(path, kind)]).await
-}
-
-/// Answers a stop request with records of a stop that already happened (a failed group
-/// stopped its children itself; the tree's report should still list them).
-async fn answer_with(
-    first: Option<Down>,
-    down: &mut mpsc::UnboundedReceiver<Down>,
-    records: Vec<StopRecord>,
-) {
-    let mut next = first;
-    loop {
-        let cmd = match next.take() {
-            Some(c) => Some(c),
-            None => down.recv().await,
-        };
-        match cmd {
-            Some(Down::Stop { reply, .. }) => {
-                let _ = reply.send(records);
-                return;
-            }
-            Some(other) => refuse(other, "it is not running"),
-            None => return,
-        }
-    }
-}
-
-/// Answers a control or reload request that cannot be carried out now.
-pub(crate) fn refuse(cmd: Down, why: &str) {
-    match cmd {
-        Down::Control { reply, .. } => {
-            let _ = reply.send(Err(why.to_string()));
-        }
-        Down::Reload { reply, .. } => {
-            let _ = reply.send(());
-        }
-        Down::Stop { reply, .. } => {
-            let _ = reply.send(vec![]);
-        }
     }
 }

@@ -2,8 +2,14 @@
 //! events, applies reloads, and carries out the shutdown: stop the root within its deadline,
 //! stop any adopted stray processes, write the report, pick the exit code. A second
 //! SIGINT/SIGTERM during the shutdown SIGKILLs everything at once.
+//!
+//! The root deadline is hard: it counts from the signal's receipt, the whole stop is bounded
+//! by it (plus `OUTER_GRACE` to hear the last reports), and nothing the controller does
+//! meanwhile waits on anything slower: a reload reads its file on a thread of its own.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +21,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use super::group::{run_group, GroupRun};
-use super::{Ctx, Down, Link, Op, TreeEvent, Up};
+use super::{Ctx, DeadlineHandle, Down, Link, Op, TreeEvent, Up};
 use crate::config::{self, TreeSpec};
 use crate::control::protocol::{Request, Response};
 use crate::control::server::{self, ControlRequest, Daemon};
 use crate::diff;
 use crate::notify::systemd;
 use crate::process::{group, reap, registry};
-use crate::report::{millis, ShutdownReport, StopOutcome, StopRecord};
+use crate::report::{millis, NodeType, ShutdownReport, StopOutcome, StopRecord};
 use crate::signals::{is_stop_request, SignalStream};
 use crate::status::{Entry, NodeState, StatusBoard};
 
@@ -54,6 +60,15 @@ pub struct Inputs {
 const EXTEND_EVERY: Duration = Duration::from_secs(5);
 const EXTEND_MARGIN: Duration = Duration::from_secs(5);
 
+/// How long past the root deadline the controller waits for the root's report: every stop
+/// below is bounded by the deadline itself, so this only covers the last SIGKILLs and the
+/// messages that carry their records. SPEC §3 allows 1 s in all, report included.
+const OUTER_GRACE: Duration = Duration::from_millis(500);
+/// After a second SIGINT/SIGTERM: how long to collect the records of what was killed.
+const FORCED_GRACE: Duration = Duration::from_millis(300);
+/// How long a reload may take to read and validate its file.
+const RELOAD_READ_LIMIT: Duration = Duration::from_secs(10);
+
 /// Runs the tree until it is shut down; returns the process exit code.
 pub async fn run(inputs: Inputs) -> i32 {
     let Inputs {
@@ -73,6 +88,7 @@ pub async fn run(inputs: Inputs) -> i32 {
         child_events: child_events.clone(),
         tracker: tracker.clone(),
         tree: tree_tx,
+        sigkills: std::sync::atomic::AtomicU64::new(0),
     });
     let root_token = CancellationToken::new();
     let (up_tx, mut up_rx) = mpsc::unbounded_channel();
@@ -90,11 +106,11 @@ pub async fn run(inputs: Inputs) -> i32 {
             up: up_tx,
         },
         down: down_rx,
-        ctx,
+        ctx: Arc::clone(&ctx),
     };
     let root_entry = |state: NodeState| Entry {
         path: String::new(),
-        kind: "group",
+        kind: NodeType::Group,
         state,
         pid: Some(std::process::id()),
         since: Some(daemon.started),
@@ -112,17 +128,19 @@ pub async fn run(inputs: Inputs) -> i32 {
     );
     tracker.spawn(run_group(root));
 
-    // Until a stop is asked for: what ended the run, and the exit code it implies.
-    let (reason, mut code) = loop {
+    let mut reloads = Reloads::default();
+    // Until a stop is asked for: what ended the run, the exit code it implies, when the
+    // request arrived, and the records of a root that already ended by itself.
+    let (reason, mut code, received, ended_records) = loop {
         tokio::select! {
             sig = signals.next() => {
                 if is_stop_request(&sig) {
-                    break (format!("received {sig}"), exit::OK);
+                    break (format!("received {sig}"), exit::OK, sig.at, None);
                 }
                 match sig.signal {
                     Signal::SIGHUP => {
                         info!("received {sig}: reloading {}", spec.source.display());
-                        start_reload(&mut spec, &down_tx, &daemon_state, None);
+                        reloads.read(&spec, &daemon_state, None);
                     }
                     Signal::SIGUSR1 => log_status(&board, &daemon).await,
                     _ => {}
@@ -133,11 +151,11 @@ pub async fn run(inputs: Inputs) -> i32 {
                 match request {
                     Request::Shutdown => {
                         let _ = reply.send(Response::message("shutting down"));
-                        break ("shutdown requested over the control socket".to_string(), exit::OK);
+                        break ("shutdown requested over the control socket".to_string(), exit::OK, Instant::now(), None);
                     }
                     Request::Reload => {
                         info!("reload requested over the control socket");
-                        start_reload(&mut spec, &down_tx, &daemon_state, Some(reply));
+                        reloads.read(&spec, &daemon_state, Some(reply));
                     }
                     Request::Start { path } => route(Op::Start, &path, &down_tx, reply),
                     Request::Stop { path } => route(Op::Stop, &path, &down_tx, reply),
@@ -147,8 +165,12 @@ pub async fn run(inputs: Inputs) -> i32 {
                     }
                 }
             }
+            read = reloads.next_read() => {
+                reloads.apply(read, &mut spec, &down_tx, &daemon_state);
+            }
             Some(event) = up_rx.recv() => match event {
-                Up::Started { .. } => {}
+                Up::Started { .. } | Up::Stopped { .. } => {}
+                Up::Reloaded { .. } => reloads.applied(&daemon_state),
                 Up::Ready { .. } => {
                     board.put(vec![], root_entry(NodeState::Ready));
                     let was = daemon_state.send_replace("running");
@@ -162,30 +184,30 @@ pub async fn run(inputs: Inputs) -> i32 {
                 Up::Ended { outcome, .. } => {
                     if outcome.settled {
                         let code = if outcome.failed { exit::FAILED } else { exit::OK };
-                        break ("every worker has ended for good".to_string(), code);
+                        break ("every worker has ended for good".to_string(), code, Instant::now(), Some(outcome.records));
                     }
                     error!("the root group failed (restart intensity exceeded)");
-                    break ("root group failed".to_string(), exit::FAILED);
+                    break ("root group failed".to_string(), exit::FAILED, Instant::now(), Some(outcome.records));
                 }
             },
             Some(TreeEvent::CriticalEnded { path, success }) = tree_rx.recv() => {
                 let code = if success { exit::OK } else { exit::FAILED };
-                break (format!("critical worker {path} ended"), code);
+                break (format!("critical worker {path} ended"), code, Instant::now(), None);
             }
         }
     };
 
     daemon_state.send_replace("stopping");
     board.put(vec![], root_entry(NodeState::Stopping));
-    let started = Instant::now();
-    let deadline = started + spec.root.shutdown_timeout;
+    reloads.interrupted();
+    let deadline = received + spec.root.shutdown_timeout;
     // The manager's own stop timeout may be shorter than the tree's deadlines: keep asking
     // for what the deadlines still allow (plus the final kill and report), no more.
     systemd::stopping(
         &format!("stopping: {reason}"),
-        spec.root.shutdown_timeout + EXTEND_MARGIN,
+        deadline.saturating_duration_since(Instant::now()) + EXTEND_MARGIN,
     );
-    let mut extend = tokio::time::interval_at(started + EXTEND_EVERY, EXTEND_EVERY);
+    let mut extend = tokio::time::interval_at(Instant::now() + EXTEND_EVERY, EXTEND_EVERY);
     let extend_on = systemd::enabled();
     info!(
         reason = %reason,
@@ -194,53 +216,99 @@ pub async fn run(inputs: Inputs) -> i32 {
         humantime::format_duration(spec.root.shutdown_timeout)
     );
     root_token.cancel();
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let _ = down_tx.send(Down::Stop {
-        deadline,
-        reply: reply_tx,
-    });
-    let stop = async {
-        let mut records = reply_rx.await.unwrap_or_default();
-        records.extend(stop_strays(deadline, child_events.clone()).await);
-        records
-    };
-    tokio::pin!(stop);
-    let records = loop {
-        tokio::select! {
-            records = &mut stop => break records,
-            _ = extend.tick(), if extend_on => {
-                systemd::extend_timeout(deadline.saturating_duration_since(Instant::now()) + EXTEND_MARGIN);
-            }
-            sig = signals.next() => {
-                if is_stop_request(&sig) {
-                    error!("received {sig} during shutdown: killing everything now");
-                    kill_everything();
-                    return 128 + sig.signal as i32;
+    let (handle, root_deadline) = DeadlineHandle::new(deadline);
+    let mut forced: Option<i32> = None;
+    let mut give_up = deadline + OUTER_GRACE;
+    let records = match ended_records {
+        Some(records) => Some(records),
+        None => {
+            let _ = down_tx.send(Down::Stop {
+                deadline: root_deadline,
+            });
+            loop {
+                tokio::select! {
+                    event = up_rx.recv() => match event {
+                        Some(Up::Stopped { records, .. }) => break Some(records),
+                        Some(Up::Ended { outcome, .. }) => break Some(outcome.records),
+                        Some(_) => {}
+                        None => break None,
+                    },
+                    _ = tokio::time::sleep_until(give_up) => {
+                        error!("the tree did not report its stop in time; killing everything left");
+                        break None;
+                    }
+                    _ = extend.tick(), if extend_on => {
+                        systemd::extend_timeout(deadline.saturating_duration_since(Instant::now()) + EXTEND_MARGIN);
+                    }
+                    sig = signals.next() => {
+                        if is_stop_request(&sig) && forced.is_none() {
+                            error!("received {sig} during shutdown: killing everything now");
+                            forced = Some(128 + sig.signal as i32);
+                            // Every stop in flight ends now, with SIGKILL, and says so.
+                            handle.tighten(Instant::now());
+                            kill_everything();
+                            give_up = give_up.min(Instant::now() + FORCED_GRACE);
+                        } else if sig.signal == Signal::SIGUSR1 {
+                            log_status(&board, &daemon).await;
+                        } else {
+                            warn!("received {sig} during shutdown: ignored");
+                        }
+                    }
+                    Some(req) = control.recv() => {
+                        let reply = match req.request {
+                            Request::Status => server::status(&board, &daemon).await,
+                            _ => Response::error("arborist is shutting down"),
+                        };
+                        let _ = req.reply.send(reply);
+                    }
                 }
-                if sig.signal == Signal::SIGUSR1 {
-                    log_status(&board, &daemon).await;
-                } else {
-                    warn!("received {sig} during shutdown: ignored");
-                }
-            }
-            Some(req) = control.recv() => {
-                let reply = match req.request {
-                    Request::Status => server::status(&board, &daemon).await,
-                    _ => Response::error("arborist is shutting down"),
-                };
-                let _ = req.reply.send(reply);
             }
         }
     };
+    let mut records = match records {
+        Some(records) => records,
+        None => {
+            // Nothing came back in time: whatever is left is killed, and the report says so.
+            kill_everything();
+            ctx.note_sigkill();
+            vec![StopRecord {
+                path: crate::config::display_path("").to_string(),
+                kind: NodeType::Group,
+                pid: None,
+                signal: None,
+                deadline_ms: millis(spec.root.shutdown_timeout),
+                took_ms: millis(received.elapsed()),
+                outcome: StopOutcome::Killed,
+                exit: None,
+            }]
+        }
+    };
+    let strays_until = if forced.is_some() {
+        Instant::now()
+    } else {
+        deadline
+    };
+    records.extend(
+        stop_strays(
+            strays_until,
+            received + spec.root.shutdown_timeout + Duration::from_millis(800),
+            child_events.clone(),
+        )
+        .await,
+    );
     tracker.close();
     // Log capture tasks end when the last writer of each pipe is gone, which is now.
-    let _ = tokio::time::timeout(Duration::from_millis(250), tracker.wait()).await;
+    let settle = (Instant::now() + Duration::from_millis(250))
+        .min(deadline + Duration::from_millis(900))
+        .max(Instant::now());
+    let _ = tokio::time::timeout_at(settle, tracker.wait()).await;
 
     let report = ShutdownReport::new(
         reason,
-        started.elapsed(),
+        received.elapsed(),
         spec.root.shutdown_timeout,
         records,
+        ctx.sigkills(),
     );
     report.log();
     crate::metrics::stop_finished(&report.nodes, Duration::from_millis(report.total_ms));
@@ -252,7 +320,10 @@ pub async fn run(inputs: Inputs) -> i32 {
             );
         }
     }
-    if code == exit::OK && report.any_killed() {
+    if let Some(forced) = forced {
+        return forced;
+    }
+    if code == exit::OK && (report.any_killed() || report.sigkills_since_start > 0) {
         code = exit::KILLED;
     }
     code
@@ -298,88 +369,172 @@ fn route(op: Op, path: &str, root: &mpsc::UnboundedSender<Down>, reply: oneshot:
     });
 }
 
-/// Re-reads and validates the file; if valid, hands the new spec to the root group, which
-/// applies it. An invalid file changes nothing: its errors are logged and returned.
-fn start_reload(
-    spec: &mut TreeSpec,
-    root: &mpsc::UnboundedSender<Down>,
-    state: &watch::Sender<&'static str>,
-    reply: Option<oneshot::Sender<Response>>,
-) {
-    let announce = *state.borrow() == "running";
-    if announce {
-        systemd::reloading();
-    }
-    let new = match config::load(&spec.source) {
-        Ok(new) => new,
-        Err(e) => {
-            if announce {
-                systemd::ready("reload rejected: invalid configuration; running unchanged");
-            }
-            let errors: Vec<String> = e
-                .to_string()
-                .lines()
-                .map(|l| l.replace("; nothing was started", ""))
-                .collect();
-            error!("reload rejected; the tree runs on unchanged");
-            for line in &errors {
-                error!("{line}");
-            }
-            if let Some(reply) = reply {
-                let mut r = Response::error("invalid configuration: the tree runs on unchanged");
-                r.errors = errors;
-                let _ = reply.send(r);
-            }
+/// Reloads in their three steps: the file is read and validated on a thread of its own
+/// (one read at a time; requests during a read share its result), the new spec goes to the
+/// root group, and the root's `Reloaded` answers whoever asked.
+#[derive(Default)]
+struct Reloads {
+    /// The read in flight, and the clients waiting for it.
+    reading: Option<Reading>,
+    /// Reloads handed to the root, oldest first: who asked and what changed.
+    applying: std::collections::VecDeque<Applying>,
+}
+
+struct Reading {
+    result: Pin<Box<dyn Future<Output = Result<TreeSpec, config::LoadError>> + Send>>,
+    replies: Vec<oneshot::Sender<Response>>,
+    announce: bool,
+}
+
+struct Applying {
+    replies: Vec<oneshot::Sender<Response>>,
+    summary: diff::ReloadSummary,
+    announce: bool,
+    before: &'static str,
+}
+
+impl Reloads {
+    /// Starts reading the file, or joins the read in flight.
+    fn read(
+        &mut self,
+        spec: &TreeSpec,
+        state: &watch::Sender<&'static str>,
+        reply: Option<oneshot::Sender<Response>>,
+    ) {
+        if let Some(reading) = &mut self.reading {
+            info!("a reload is already reading the configuration; this request shares its result");
+            reading.replies.extend(reply);
             return;
         }
-    };
-    if new.control_socket != spec.control_socket {
-        warn!("control_socket changed: the new path takes effect at the next start");
-    }
-    let summary = diff::summarize(&spec.root, &new.root);
-    if summary.is_empty() {
-        info!("reload: no changes");
-    } else {
-        info!("reload: {}", summary.line());
-    }
-    *spec = TreeSpec {
-        control_socket: spec.control_socket.clone(),
-        ..new
-    };
-    crate::secrets::learn(spec);
-    let (tx, rx) = oneshot::channel();
-    let _ = root.send(Down::Reload {
-        spec: Box::new(spec.root.clone()),
-        key: vec![],
-        reply: tx,
-    });
-    let before = state.send_replace("reloading");
-    let before = if before == "reloading" {
-        "running"
-    } else {
-        before
-    };
-    let state = state.clone();
-    tokio::spawn(async move {
-        let _ = rx.await;
+        let announce = *state.borrow() == "running";
         if announce {
+            systemd::reloading();
+        }
+        self.reading = Some(Reading {
+            result: Box::pin(config::load_off_thread(
+                spec.source.clone(),
+                RELOAD_READ_LIMIT,
+            )),
+            replies: reply.into_iter().collect(),
+            announce,
+        });
+    }
+
+    /// The result of the read in flight; pends while there is none.
+    async fn next_read(&mut self) -> Result<TreeSpec, config::LoadError> {
+        match &mut self.reading {
+            Some(r) => r.result.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Hands a valid file to the root group; an invalid one changes nothing: its errors are
+    /// logged and returned.
+    fn apply(
+        &mut self,
+        read: Result<TreeSpec, config::LoadError>,
+        spec: &mut TreeSpec,
+        root: &mpsc::UnboundedSender<Down>,
+        state: &watch::Sender<&'static str>,
+    ) {
+        let Some(Reading {
+            replies, announce, ..
+        }) = self.reading.take()
+        else {
+            return;
+        };
+        let new = match read {
+            Ok(new) => new,
+            Err(e) => {
+                if announce {
+                    systemd::ready("reload rejected: invalid configuration; running unchanged");
+                }
+                let errors: Vec<String> = e
+                    .to_string()
+                    .lines()
+                    .map(|l| l.replace("; nothing was started", ""))
+                    .collect();
+                error!("reload rejected; the tree runs on unchanged");
+                for line in &errors {
+                    error!("{line}");
+                }
+                for reply in replies {
+                    let mut r =
+                        Response::error("invalid configuration: the tree runs on unchanged");
+                    r.errors = errors.clone();
+                    let _ = reply.send(r);
+                }
+                return;
+            }
+        };
+        if new.control_socket != spec.control_socket {
+            warn!("control_socket changed: the new path takes effect at the next start");
+        }
+        let summary = diff::summarize(&spec.root, &new.root);
+        if summary.is_empty() {
+            info!("reload: no changes");
+        } else {
+            info!("reload: {}", summary.line());
+        }
+        *spec = TreeSpec {
+            control_socket: spec.control_socket.clone(),
+            ..new
+        };
+        crate::secrets::learn(spec);
+        let _ = root.send(Down::Reload {
+            spec: Box::new(spec.root.clone()),
+            key: vec![],
+        });
+        let before = state.send_replace("reloading");
+        let before = if before == "reloading" {
+            "running"
+        } else {
+            before
+        };
+        self.applying.push_back(Applying {
+            replies,
+            summary,
+            announce,
+            before,
+        });
+    }
+
+    /// The root applied the oldest reload handed to it.
+    fn applied(&mut self, state: &watch::Sender<&'static str>) {
+        let Some(done) = self.applying.pop_front() else {
+            return;
+        };
+        if done.announce {
             systemd::ready("reloaded");
         }
         crate::process::chores::trim_heap();
         // Back to what it was (`starting` stays `starting`), unless something else moved it
         // meanwhile (the root became ready, a shutdown began).
-        state.send_if_modified(|s| {
-            let was = *s == "reloading";
-            if was {
-                *s = before;
-            }
-            was
-        });
-        info!("reload applied");
-        if let Some(reply) = reply {
-            let _ = reply.send(Response::message("reloaded").with_diff(&summary));
+        if self.applying.is_empty() {
+            state.send_if_modified(|s| {
+                let was = *s == "reloading";
+                if was {
+                    *s = done.before;
+                }
+                was
+            });
         }
-    });
+        info!("reload applied");
+        for reply in done.replies {
+            let _ = reply.send(Response::message("reloaded").with_diff(&done.summary));
+        }
+    }
+
+    /// A shutdown began: whoever still waits for a reload is told.
+    fn interrupted(&mut self) {
+        let reading = self.reading.take().map(|r| r.replies).unwrap_or_default();
+        let applying = self.applying.drain(..).flat_map(|a| a.replies);
+        for reply in reading.into_iter().chain(applying) {
+            let _ = reply.send(Response::error(
+                "reload interrupted: arborist is shutting down",
+            ));
+        }
+    }
 }
 
 /// SIGUSR1: the status tree, one log line per node.
@@ -393,8 +548,13 @@ async fn log_status(board: &StatusBoard, daemon: &Daemon) {
 }
 
 /// Processes that left their worker's process group and were re-parented to arborist: their
-/// process groups get SIGTERM, then SIGKILL at the root deadline. Each is reported.
-async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) -> Vec<StopRecord> {
+/// process groups get SIGTERM, then SIGKILL at the root deadline. Each is reported. Nothing
+/// here waits past `hard_end`.
+async fn stop_strays(
+    deadline: Instant,
+    hard_end: Instant,
+    mut child_events: watch::Receiver<u64>,
+) -> Vec<StopRecord> {
     let strays = reap::adopted_children();
     if strays.is_empty() {
         return vec![];
@@ -410,7 +570,9 @@ async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) 
         t.signal(Signal::SIGTERM);
         t.signal(Signal::SIGCONT);
     }
-    let until = deadline.max(Instant::now() + Duration::from_millis(100));
+    let until = deadline
+        .max(Instant::now() + Duration::from_millis(100))
+        .min(hard_end);
     let alive = || {
         reap::reap_orphans();
         targets.iter().any(|t| t.alive())
@@ -428,7 +590,7 @@ async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) 
         }
         records.push(StopRecord {
             path: format!("(adopted pid {})", t.pid),
-            kind: "adopted",
+            kind: NodeType::Adopted,
             pid: Some(t.pid as u32),
             signal: Some("SIGTERM".into()),
             deadline_ms: millis(until.saturating_duration_since(begin)),
@@ -437,7 +599,7 @@ async fn stop_strays(deadline: Instant, mut child_events: watch::Receiver<u64>) 
             exit: None,
         });
     }
-    let after_kill = Instant::now() + Duration::from_secs(2);
+    let after_kill = (Instant::now() + Duration::from_secs(2)).min(hard_end.max(Instant::now()));
     group::wait_gone(alive, after_kill, &mut child_events).await;
     reap::reap_orphans();
     records

@@ -2,6 +2,11 @@
 //! report the exit to the group or carry out the stop sequence the group asks for:
 //! `pre_stop`, `stop_signal` to the whole process group, wait until the group is empty or the
 //! deadline, SIGKILL, reap. A worker counts as stopped only when nothing of it is left.
+//!
+//! Every wait of a stop sequence follows a [`StopClock`]: the asker's deadline (which it may
+//! tighten), capped by `stop_timeout`, and a stop request from the group that may still
+//! arrive while the worker stops on its own account (a watchdog, leftovers of an exited
+//! leader), so no stop sequence outlives the deadline of the stop that preempts it.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -15,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::probe::{self, ProbeEnv};
-use super::{Ctx, Link, Outcome, StopRequest};
+use super::{Ctx, Deadline, Link, Outcome, StopRequest};
 use crate::config::{LogMode, ReadyCheck, WorkerSpec};
 use crate::notify::workers::{self as notify, Notice};
 use crate::process::group::{group_alive, signal_group, wait_gone};
 use crate::process::registry;
 use crate::process::spawn::{self, Child, Launch, Output};
-use crate::report::{millis, StopOutcome, StopRecord};
+use crate::report::{millis, NodeType, StopOutcome, StopRecord};
 
 /// How long to wait for a SIGKILLed group to disappear before giving up on it (a process in
 /// uninterruptible sleep can take a while; arborist must not hang on it).
@@ -36,8 +41,80 @@ pub(crate) struct WorkerRun {
     /// A `start_concurrency` permit, held until the worker is ready.
     pub permit: Option<OwnedSemaphorePermit>,
     pub link: Link,
-    pub stop: oneshot::Receiver<StopRequest>,
+    /// The group's stop request, once; None after it was received or dropped.
+    pub stop: Option<oneshot::Receiver<StopRequest>>,
     pub ctx: Arc<Ctx>,
+}
+
+/// The deadline a stop sequence runs under: the asker's deadline capped by the worker's own
+/// `stop_timeout`, tightened by a stop request from the group that arrives meanwhile.
+pub(crate) struct StopClock {
+    deadline: Deadline,
+    cap: Instant,
+    /// A stop request from the group, while the worker stops on its own account.
+    request: Option<oneshot::Receiver<StopRequest>>,
+    /// The deadline of that request, once it came.
+    preempted: Option<Deadline>,
+}
+
+impl StopClock {
+    fn new(
+        deadline: Deadline,
+        cap: Instant,
+        request: Option<oneshot::Receiver<StopRequest>>,
+    ) -> StopClock {
+        StopClock {
+            deadline,
+            cap,
+            request,
+            preempted: None,
+        }
+    }
+
+    /// The effective deadline now.
+    pub fn at(&self) -> Instant {
+        let at = self.deadline.at().min(self.cap);
+        match &self.preempted {
+            Some(p) => at.min(p.at()),
+            None => at,
+        }
+    }
+
+    /// Waits until the effective deadline has passed, following every tightening.
+    pub async fn passed(&mut self) {
+        loop {
+            let at = self.at();
+            if Instant::now() >= at {
+                return;
+            }
+            tokio::select! {
+                _ = sleep_until(at) => return,
+                _ = self.deadline.tightened() => {}
+                _ = tightened(&mut self.preempted) => {}
+                req = next_request(&mut self.request) => {
+                    self.request = None;
+                    if let Some(StopRequest { deadline }) = req {
+                        self.preempted = Some(deadline);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn tightened(deadline: &mut Option<Deadline>) {
+    match deadline {
+        Some(d) => d.tightened().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The group's stop request, when it comes; pends forever when there is none to wait for.
+async fn next_request(request: &mut Option<oneshot::Receiver<StopRequest>>) -> Option<StopRequest> {
+    match request {
+        Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl WorkerRun {
@@ -47,13 +124,14 @@ impl WorkerRun {
             // biased: a stop request wins over the end of the backoff.
             tokio::select! {
                 biased;
-                req = &mut self.stop => return self.not_running(req.ok()),
+                req = next_request(&mut self.stop) => return self.not_running(req),
                 _ = self.token.cancelled() => {}
                 _ = sleep_until(until) => {}
             }
         }
         if self.token.is_cancelled() {
-            let req = (&mut self.stop).await.ok();
+            // The group is stopping: it asks every running child, this one included.
+            let req = next_request(&mut self.stop).await;
             return self.not_running(req);
         }
         let spec = Arc::clone(&self.spec);
@@ -92,9 +170,8 @@ impl WorkerRun {
                 self.link.ended(Outcome {
                     failed: true,
                     spawn_error: true,
-                    settled: false,
-                    ran_for: Duration::ZERO,
                     exit: Some(format!("spawn failed: {program}: {e}")),
+                    ..Outcome::default()
                 });
                 return;
             }
@@ -145,15 +222,15 @@ impl WorkerRun {
             // biased: a stop request is served before an exit is reported or a probe runs.
             tokio::select! {
                 biased;
-                req = &mut self.stop => {
-                    let (deadline, reply) = match req {
-                        Ok(StopRequest { deadline, reply }) => (deadline, Some(reply)),
-                        Err(_) => (Instant::now() + spec.stop_timeout, None),
+                req = next_request(&mut self.stop) => {
+                    self.stop = None;
+                    let deadline = match req {
+                        Some(StopRequest { deadline }) => deadline,
+                        // The group forgot this run (it is gone): stop by its own timeout.
+                        None => Deadline::fixed(Instant::now() + spec.stop_timeout),
                     };
                     let record = Box::pin(self.stop(&mut child, pid, deadline)).await;
-                    if let Some(reply) = reply {
-                        let _ = reply.send(vec![record]);
-                    }
+                    self.link.stopped(vec![record]);
                     return;
                 }
                 status = child.wait() => break status,
@@ -215,8 +292,8 @@ impl WorkerRun {
         }
         // The leader is gone; whatever it left in its process group goes with it.
         if group_alive(pid) {
-            let deadline = Instant::now() + spec.stop_timeout;
-            let (_, killed) = Box::pin(self.terminate_group(pid, deadline, None)).await;
+            let mut clock = self.own_clock();
+            let (_, killed) = Box::pin(self.terminate_group(pid, &mut clock, None)).await;
             if killed {
                 warn!(path = %self.path, "leftover processes ignored {}; killed", spec.stop_signal);
             }
@@ -224,34 +301,42 @@ impl WorkerRun {
         registry::remove_group(pid);
         self.link.ended(Outcome {
             failed,
-            spawn_error: false,
-            settled: false,
             ran_for,
             exit: Some(what),
+            ..Outcome::default()
         });
+    }
+
+    /// A clock for a stop the worker makes on its own account: its `stop_timeout`, unless
+    /// the group's stop request comes meanwhile with a tighter deadline.
+    fn own_clock(&mut self) -> StopClock {
+        let cap = Instant::now() + self.spec.stop_timeout;
+        StopClock::new(Deadline::fixed(cap), cap, self.stop.take())
     }
 
     /// A worker its watchdog found hung: the stop sequence (within its own `stop_timeout`),
     /// then an ended run that counts as a failure, so `restart` decides what comes next.
     async fn hung(&mut self, child: &mut Child, pid: i32, started: Instant, why: String) {
-        let deadline = Instant::now() + self.spec.stop_timeout;
-        let record = self.stop(child, pid, deadline).await;
+        let clock = self.own_clock();
+        let record = self.stop_with(child, pid, clock).await;
         let exit = match &record.exit {
             Some(e) => format!("{why}; stopped ({e})"),
             None => format!("{why}; stopped"),
         };
         self.link.ended(Outcome {
             failed: true,
-            spawn_error: false,
-            settled: false,
             ran_for: started.elapsed(),
             exit: Some(exit),
+            records: vec![record],
+            ..Outcome::default()
         });
     }
 
+    /// Answers a stop request when nothing is running.
     fn not_running(&self, req: Option<StopRequest>) {
-        if let Some(StopRequest { reply, .. }) = req {
-            let _ = reply.send(vec![super::not_running(&self.path, "worker")]);
+        if req.is_some() {
+            self.link
+                .stopped(vec![super::not_running(&self.path, NodeType::Worker)]);
         }
     }
 
@@ -261,31 +346,37 @@ impl WorkerRun {
     }
 
     /// The stop sequence, bounded by `min(deadline, now + stop_timeout)`.
-    async fn stop(&self, child: &mut Child, pid: i32, deadline: Instant) -> StopRecord {
+    async fn stop(&mut self, child: &mut Child, pid: i32, deadline: Deadline) -> StopRecord {
+        let cap = Instant::now() + self.spec.stop_timeout;
+        self.stop_with(child, pid, StopClock::new(deadline, cap, None))
+            .await
+    }
+
+    async fn stop_with(&self, child: &mut Child, pid: i32, mut clock: StopClock) -> StopRecord {
         let begin = Instant::now();
-        let dw = deadline.min(begin + self.spec.stop_timeout);
         let mut signal = None;
-        if begin < dw {
+        if begin < clock.at() {
             if let Some(pre_stop) = self.spec.pre_stop.clone() {
-                self.run_pre_stop(&pre_stop, dw).await;
+                self.run_pre_stop(&pre_stop, &mut clock).await;
             }
-            if Instant::now() < dw {
+            if Instant::now() < clock.at() {
                 signal = Some(self.spec.stop_signal);
             }
         }
-        let (status, killed) = self.terminate_group(pid, dw, Some(child)).await;
+        let (status, killed) = self.terminate_group(pid, &mut clock, Some(child)).await;
+        let dw = clock.at();
         if killed {
             warn!(
                 path = %self.path, pid,
                 "did not stop within its {} deadline; SIGKILLed its process group",
-                secs(dw - begin)
+                secs(dw.saturating_duration_since(begin))
             );
         }
         registry::remove_group(pid);
         notify::unregister(pid);
         StopRecord {
             path: self.path.clone(),
-            kind: "worker",
+            kind: NodeType::Worker,
             pid: Some(pid as u32),
             signal: signal.map(|s| s.as_str().to_string()),
             deadline_ms: millis(dw.saturating_duration_since(begin)),
@@ -295,17 +386,17 @@ impl WorkerRun {
         }
     }
 
-    /// Sends the stop signal to the group (unless `until` already passed), waits until the
-    /// leader is reaped and the group is empty, and SIGKILLs the group at `until`.
+    /// Sends the stop signal to the group (unless the deadline already passed), waits until
+    /// the leader is reaped and the group is empty, and SIGKILLs the group at the deadline.
     /// Returns the leader's status (when `child` is given) and whether SIGKILL was needed.
     async fn terminate_group(
         &self,
         pid: i32,
-        until: Instant,
+        clock: &mut StopClock,
         mut child: Option<&mut Child>,
     ) -> (Option<ExitStatus>, bool) {
         let sig = self.spec.stop_signal;
-        if Instant::now() < until {
+        if Instant::now() < clock.at() {
             signal_group(pid, sig);
             if sig != Signal::SIGKILL && sig != Signal::SIGCONT {
                 // A stopped process cannot act on the signal until it is continued.
@@ -316,16 +407,24 @@ impl WorkerRun {
         if let Some(child) = child.as_deref_mut() {
             status = tokio::select! {
                 s = child.wait() => s.ok(),
-                _ = sleep_until(until) => None,
+                _ = clock.passed() => None,
             };
         }
         let leader_done = child.is_none() || status.is_some();
         let mut events = self.ctx.child_events.clone();
-        let gone = leader_done && wait_gone(|| group_alive(pid), until, &mut events).await;
+        // `wait_gone` takes a fixed instant; the clock only ever moves it earlier, and its
+        // own branch wakes at the tightened time.
+        let until = clock.at();
+        let gone = leader_done
+            && tokio::select! {
+                gone = wait_gone(|| group_alive(pid), until, &mut events) => gone,
+                _ = clock.passed() => !group_alive(pid),
+            };
         if gone {
             return (status, false);
         }
         signal_group(pid, Signal::SIGKILL);
+        self.ctx.note_sigkill();
         if let Some(child) = child {
             if status.is_none() {
                 status = timeout(KILL_GRACE, child.wait())
@@ -346,7 +445,7 @@ impl WorkerRun {
         (status, true)
     }
 
-    async fn run_pre_stop(&self, argv: &[String], until: Instant) {
+    async fn run_pre_stop(&self, argv: &[String], clock: &mut StopClock) {
         let mut env = self.spec.env.clone();
         env.push(("ARBORIST_PATH".into(), self.path.clone()));
         env.push(("ARBORIST_REPLICA".into(), self.replica.to_string()));
@@ -385,7 +484,7 @@ impl WorkerRun {
                     }
                 }
             }
-            _ = sleep_until(until) => {
+            _ = clock.passed() => {
                 warn!(path = %self.path, "pre_stop {} still running at the deadline; killed", argv[0]);
                 signal_group(pid, Signal::SIGKILL);
                 let _ = child.wait().await;

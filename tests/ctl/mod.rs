@@ -305,8 +305,14 @@ pub fn wait_gone(pid: i32) {
 
 /// Ends the daemon with SIGTERM and expects exit 0.
 pub fn stop_cleanly(arb: &mut Arborist) {
-    let (code, _) = arb.stop_with(nix::sys::signal::Signal::SIGTERM, WAIT);
-    assert_eq!(code, 0, "arborist exit code; log:\n{}", arb.log());
+    stop_expecting(arb, 0);
+}
+
+/// Ends the daemon with SIGTERM and expects exit `code` (3: something was SIGKILLed at a
+/// deadline at some point, by any path).
+pub fn stop_expecting(arb: &mut Arborist, code: i32) {
+    let (got, _) = arb.stop_with(nix::sys::signal::Signal::SIGTERM, WAIT);
+    assert_eq!(got, code, "arborist exit code; log:\n{}", arb.log());
 }
 
 /// A long-running worker that appends its PID to `$DIR/<file>` at every start.
