@@ -538,3 +538,39 @@ fn a_reload_blocked_on_a_fifo_neither_stalls_status_nor_stretches_the_shutdown()
     let (code, took) = run.sigterm();
     run.assert_deadline_kept(code, took, &["w.pids"]);
 }
+
+/// arborist's guardian process (`arborist __guardian`), found among its children.
+fn guardian_of(arborist: i32) -> i32 {
+    wait_for("the guardian process", WAIT, || {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: i32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let is_guardian = cmdline.split(|&b| b == 0).any(|a| a == b"__guardian");
+            (ppid == arborist && is_guardian).then_some(pid)
+        })
+    })
+}
+
+#[test]
+fn a_stopped_guardian_holds_up_neither_status_nor_the_exit() {
+    let mut run = Run::start(Fixture::new(&tree("", "", "")));
+    let guardian = guardian_of(run.arb.pid());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guardian), Signal::SIGSTOP)
+        .expect("SIGSTOP the guardian");
+    // Its pipe is no longer read; arborist still answers, and still exits in time.
+    let (took, reply) = timed_status(&run.fx);
+    assert_eq!(reply["ok"], true, "{reply:#}");
+    assert!(took <= Duration::from_millis(100), "status took {took:?}");
+    let (code, took) = run.sigterm();
+    // Let the guardian read its EOF and go, whatever the outcome.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(guardian), Signal::SIGCONT);
+    run.assert_deadline_kept(code, took, &["w.pids"]);
+}

@@ -5,8 +5,13 @@
 //! outlives arborist either. On a normal exit the list is empty and the guardian just leaves.
 //! Each worker adds its own group, before it execs; arborist removes groups once they are
 //! empty.
+//!
+//! Nothing the runtime thread reads is behind a lock that a writer holds while it blocks: the
+//! pid and the pipe's descriptor are atomics, and batches go out with bounded, non-blocking
+//! writes (a SIGSTOPped guardian cannot freeze arborist, nor its exit).
 
 use std::io::{BufRead, Write};
+
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -21,14 +26,14 @@ struct Guardian {
     pipe: ChildStdin,
 }
 
+/// Only `start` and `stop` take this lock, and neither blocks while holding it.
 static GUARDIAN: Mutex<Option<Guardian>> = Mutex::new(None);
 
-fn with_guardian(f: impl FnOnce(&mut Guardian)) {
-    let mut g = GUARDIAN.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(guardian) = g.as_mut() {
-        f(guardian);
-    }
-}
+static GUARDIAN_PID: AtomicI32 = AtomicI32::new(-1);
+
+/// How long one batch may wait for room in the pipe before it is given up (the guardian is
+/// stopped or gone): the chores thread must not hang on it, nor arborist's exit.
+const WRITE_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Starts the guardian. Failure is not fatal: workers' leaders still die by PDEATHSIG.
 pub fn start() -> std::io::Result<()> {
@@ -42,15 +47,48 @@ pub fn start() -> std::io::Result<()> {
         .stdin
         .take()
         .ok_or_else(|| std::io::Error::other("no guardian pipe"))?;
+    // Non-blocking: a full pipe (a stopped guardian) makes writes wait in `write_bounded`
+    // with a limit, never forever.
+    let _ = nix::fcntl::fcntl(
+        &pipe,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
     PIPE_FD.store(pipe.as_raw_fd(), Ordering::SeqCst);
+    GUARDIAN_PID.store(child.id() as i32, Ordering::SeqCst);
     *GUARDIAN.lock().unwrap_or_else(|p| p.into_inner()) = Some(Guardian { child, pipe });
     Ok(())
 }
 
 pub fn pid() -> Option<i32> {
-    let mut pid = None;
-    with_guardian(|g| pid = Some(g.child.id() as i32));
-    pid
+    Some(GUARDIAN_PID.load(Ordering::SeqCst)).filter(|&p| p > 0)
+}
+
+/// Writes all of `buf` to the pipe, waiting for room at most `WRITE_LIMIT` in all.
+fn write_bounded(fd: RawFd, mut buf: &[u8]) -> bool {
+    use std::os::fd::BorrowedFd;
+    let until = std::time::Instant::now() + WRITE_LIMIT;
+    while !buf.is_empty() {
+        // SAFETY: the descriptor stays open until `stop`, which clears PIPE_FD first.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        match nix::unistd::write(borrowed, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                let mut fds = [nix::poll::PollFd::new(
+                    borrowed,
+                    nix::poll::PollFlags::POLLOUT,
+                )];
+                let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// The write end of the guardian's pipe, -1 when there is no guardian. A new worker writes
@@ -81,37 +119,48 @@ static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 fn flush() {
     let batch = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|p| p.into_inner()));
-    if batch.is_empty() {
+    let fd = PIPE_FD.load(Ordering::SeqCst);
+    if batch.is_empty() || fd < 0 {
         return;
     }
-    with_guardian(|g| {
-        // In whole lines of at most PIPE_BUF bytes: each write is then atomic, and a new
-        // worker's own `+PGID` line cannot land in the middle of one.
-        let mut rest = &batch[..];
-        while !rest.is_empty() {
-            let mut end = rest.len().min(libc::PIPE_BUF);
-            if end < rest.len() {
-                end = rest[..end]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(end, |i| i + 1);
-            }
-            if g.pipe.write_all(&rest[..end]).is_err() {
-                return;
-            }
-            rest = &rest[end..];
+    // In whole lines of at most PIPE_BUF bytes: each write is then atomic, and a new
+    // worker's own `+PGID` line cannot land in the middle of one.
+    let mut rest = &batch[..];
+    while !rest.is_empty() {
+        let mut end = rest.len().min(libc::PIPE_BUF);
+        if end < rest.len() {
+            end = rest[..end]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(end, |i| i + 1);
         }
-    });
+        if !write_bounded(fd, &rest[..end]) {
+            tracing::warn!(
+                "the guardian does not read its pipe (stopped?); {} bytes of group updates dropped",
+                rest.len()
+            );
+            return;
+        }
+        rest = &rest[end..];
+    }
 }
 
-/// Closes the pipe (the guardian then exits) and reaps the guardian.
+/// Closes the pipe (the guardian then exits) and reaps the guardian, waiting for it a
+/// moment at most: a stopped guardian must not hold up arborist's exit.
 pub fn stop() {
     flush();
     PIPE_FD.store(-1, Ordering::SeqCst);
+    GUARDIAN_PID.store(-1, Ordering::SeqCst);
     let taken = GUARDIAN.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(Guardian { mut child, pipe }) = taken {
         drop(pipe);
-        let _ = child.wait();
+        let until = std::time::Instant::now() + WRITE_LIMIT;
+        while std::time::Instant::now() < until {
+            match child.try_wait() {
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                _ => return,
+            }
+        }
     }
 }
 
