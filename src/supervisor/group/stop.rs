@@ -248,10 +248,7 @@ impl Group {
                 self.control_progress();
             }
             Some(Asker::Strategy) => self.strategy_progress(),
-            Some(Asker::Reload) => {
-                crate::metrics::stop_finished(&records, Duration::ZERO);
-                self.reload_progress();
-            }
+            Some(Asker::Reload) => self.reload_progress(),
             None => {}
         }
         self.nested_reloaded(s);
