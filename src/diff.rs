@@ -1,7 +1,7 @@
 //! Reload diff: what changes between two versions of a group's children, by name. Pure, so
 //! the summary logged and returned to `arborist reload` is exactly what the groups apply.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{join_path, GroupSpec, NodeKind, NodeSpec};
 
@@ -91,7 +91,7 @@ fn compare(old: &NodeSpec, new: &NodeSpec) -> Change {
 }
 
 /// The reload summary over the whole tree, as node paths.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReloadSummary {
     pub added: Vec<String>,
     pub removed: Vec<String>,

@@ -28,7 +28,8 @@ use tracing::{debug, warn};
 
 use crate::control::server::Daemon;
 use crate::metrics;
-use crate::status::{NodeState, NodeStatus, StatusBoard};
+use crate::report::NodeType;
+use crate::status::{DaemonState, NodeState, NodeStatus, StatusBoard};
 
 /// Connections served at once; more wait in the kernel's accept queue. Probes and scrapes
 /// are short and rare: a handful is plenty, and the bound keeps a flood from growing arborist.
@@ -173,26 +174,27 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 
 /// A worker whose process is up and serving: running (no probe) or ready (probe passed).
 fn is_up(node: &NodeStatus) -> bool {
-    node.state == NodeState::Running.as_str() || node.state == NodeState::Ready.as_str()
+    matches!(node.state, NodeState::Running | NodeState::Ready)
 }
 
 fn workers(nodes: &[NodeStatus]) -> impl Iterator<Item = &NodeStatus> {
-    nodes.iter().filter(|n| n.kind == "worker")
+    nodes.iter().filter(|n| n.kind == NodeType::Worker)
 }
 
 /// `/healthz`: Ok while the daemon runs (or reloads) and the root group is ready, else the
 /// one-line reason for the 503.
-pub fn health(daemon_state: &str, nodes: &[NodeStatus]) -> Result<(), String> {
+pub fn health(daemon_state: DaemonState, nodes: &[NodeStatus]) -> Result<(), String> {
     let up = workers(nodes).filter(|n| is_up(n)).count();
     let total = workers(nodes).count();
     match daemon_state {
-        "running" | "reloading" => {}
-        "starting" => return Err(format!("starting: {up}/{total} workers up")),
-        other => return Err(other.to_string()),
+        DaemonState::Running | DaemonState::Reloading => {}
+        DaemonState::Starting => return Err(format!("starting: {up}/{total} workers up")),
+        DaemonState::Stopping => return Err(daemon_state.to_string()),
     }
-    let root_ready = nodes.iter().find(|n| n.depth == 0).is_some_and(|root| {
-        root.state == NodeState::Ready.as_str() || root.state == NodeState::Running.as_str()
-    });
+    let root_ready = nodes
+        .iter()
+        .find(|n| n.depth == 0)
+        .is_some_and(|root| matches!(root.state, NodeState::Ready | NodeState::Running));
     if root_ready {
         Ok(())
     } else {
@@ -228,7 +230,7 @@ pub fn render_metrics(nodes: &[NodeStatus], counters: &Counters) -> String {
         "Workers (replicas counted one by one) in each state.",
     );
     for state in STATES {
-        let n = workers(nodes).filter(|w| w.state == state.as_str()).count();
+        let n = workers(nodes).filter(|w| w.state == state).count();
         let _ = writeln!(out, "arborist_workers{{state=\"{}\"}} {n}", state.as_str());
     }
     family(
@@ -320,11 +322,11 @@ pub fn escape_label(value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn node(path: &str, kind: &str, state: NodeState, restarts: u32) -> NodeStatus {
+    fn node(path: &str, kind: NodeType, state: NodeState, restarts: u32) -> NodeStatus {
         NodeStatus {
             path: path.into(),
-            kind: kind.into(),
-            state: state.as_str().into(),
+            kind,
+            state,
             depth: if path == "(root)" {
                 0
             } else {
@@ -342,31 +344,34 @@ mod tests {
 
     fn tree(root: NodeState, api1: NodeState) -> Vec<NodeStatus> {
         vec![
-            node("(root)", "group", root, 0),
-            node("db", "worker", NodeState::Ready, 0),
-            node("backend", "group", NodeState::Starting, 0),
-            node("backend/api#0", "worker", NodeState::Running, 2),
-            node("backend/api#1", "worker", api1, 0),
+            node("(root)", NodeType::Group, root, 0),
+            node("db", NodeType::Worker, NodeState::Ready, 0),
+            node("backend", NodeType::Group, NodeState::Starting, 0),
+            node("backend/api#0", NodeType::Worker, NodeState::Running, 2),
+            node("backend/api#1", NodeType::Worker, api1, 0),
         ]
     }
 
     #[test]
     fn healthy_only_while_running_or_reloading_with_the_root_ready() {
         let ready = tree(NodeState::Ready, NodeState::Running);
-        assert_eq!(health("running", &ready), Ok(()));
-        assert_eq!(health("reloading", &ready), Ok(()));
-        assert_eq!(health("stopping", &ready), Err("stopping".into()));
+        assert_eq!(health(DaemonState::Running, &ready), Ok(()));
+        assert_eq!(health(DaemonState::Reloading, &ready), Ok(()));
+        assert_eq!(
+            health(DaemonState::Stopping, &ready),
+            Err("stopping".into())
+        );
         let starting = tree(NodeState::Starting, NodeState::Starting);
         assert_eq!(
-            health("starting", &starting),
+            health(DaemonState::Starting, &starting),
             Err("starting: 2/3 workers up".into())
         );
         assert_eq!(
-            health("running", &starting),
+            health(DaemonState::Running, &starting),
             Err("not ready: 2/3 workers up".into())
         );
         assert_eq!(
-            health("running", &[]),
+            health(DaemonState::Running, &[]),
             Err("not ready: 0/0 workers up".into())
         );
     }

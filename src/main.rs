@@ -248,7 +248,7 @@ fn run(
             }
         };
         let board = status::StatusBoard::start();
-        let (state_tx, state_rx) = tokio::sync::watch::channel("starting");
+        let (state_tx, state_rx) = tokio::sync::watch::channel(status::DaemonState::Starting);
         let daemon = std::sync::Arc::new(control::server::Daemon {
             config: tree.source.display().to_string(),
             started: tokio::time::Instant::now(),
@@ -280,7 +280,7 @@ fn run(
             child_events,
             board,
             control: control_rx,
-            daemon,
+            started: daemon.started,
             daemon_state: state_tx,
             options,
         })

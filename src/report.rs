@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopOutcome {
     /// Everything of it was gone within its deadline.
@@ -29,7 +29,7 @@ impl StopOutcome {
 }
 
 /// What a node of the report or the status board is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeType {
     Worker,
@@ -49,12 +49,15 @@ impl NodeType {
 }
 
 impl std::fmt::Display for NodeType {
+    /// Honours width and alignment (`{:<6}`), as `status`'s columns need.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One node's stop, in the shutdown report, a `stop`/`restart` reply and `status`'s
+/// `stop_report` alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRecord {
     pub path: String,
     pub kind: NodeType,

@@ -2,17 +2,21 @@
 //! groups that own the nodes (fire-and-forget messages) and read by `status`, SIGUSR1 and the
 //! control socket. Readers never wait for a busy group: a group in the middle of a long stop
 //! still has its nodes shown, as `stopping`.
+//!
+//! It also defines what the board and the daemon report, as enums both the supervisor and the
+//! control layer use: [`NodeState`] and [`DaemonState`]. Their serde names are the words of
+//! the control protocol (docs/control.md).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::report::{millis, NodeType, StopRecord};
+use crate::report::{millis, NodeType, StopOutcome, StopRecord};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// Waiting for its dependencies or a start permit.
@@ -47,6 +51,44 @@ impl NodeState {
     }
 }
 
+impl std::fmt::Display for NodeState {
+    /// Honours width and alignment (`{:<8}`), as `status`'s columns need.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What the daemon as a whole is doing: `status`'s `daemon.state`, and what `/healthz` and
+/// sd_notify decide on. The tree controller is its only writer (through a `watch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonState {
+    /// Until the root group is first ready.
+    Starting,
+    Running,
+    /// A reload was handed to the root group and is not applied yet.
+    Reloading,
+    /// The shutdown has begun.
+    Stopping,
+}
+
+impl DaemonState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonState::Starting => "starting",
+            DaemonState::Running => "running",
+            DaemonState::Reloading => "reloading",
+            DaemonState::Stopping => "stopping",
+        }
+    }
+}
+
+impl std::fmt::Display for DaemonState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What a group publishes about one of its nodes.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -62,11 +104,11 @@ pub struct Entry {
 }
 
 /// One node as `status --json` shows it (schema in docs/control.md).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub path: String,
-    pub kind: String,
-    pub state: String,
+    pub kind: NodeType,
+    pub state: NodeState,
     /// Nesting level, 0 for the root.
     pub depth: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,7 +121,7 @@ pub struct NodeStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_restart_in_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stop_report: Option<serde_json::Value>,
+    pub stop_report: Option<StopRecord>,
     /// The worker's last sd_notify `STATUS=` text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_status: Option<String>,
@@ -219,8 +261,8 @@ fn render(key: &OrderKey, e: &Entry, now: Instant) -> NodeStatus {
     );
     NodeStatus {
         path: crate::config::display_path(&e.path).to_string(),
-        kind: e.kind.as_str().to_string(),
-        state: e.state.as_str().to_string(),
+        kind: e.kind,
+        state: e.state,
         depth: key.len() / 2,
         pid: e.pid.filter(|_| up),
         uptime_ms: e
@@ -233,10 +275,7 @@ fn render(key: &OrderKey, e: &Entry, now: Instant) -> NodeStatus {
             .next_restart_at
             .filter(|_| e.state == NodeState::Backoff)
             .map(|t| millis(t.saturating_duration_since(now))),
-        stop_report: e
-            .stop_report
-            .as_ref()
-            .and_then(|r| serde_json::to_value(r).ok()),
+        stop_report: e.stop_report.clone(),
         notify_status: e
             .pid
             .filter(|_| up && e.kind == NodeType::Worker)
@@ -285,7 +324,7 @@ pub fn render_text(nodes: &[NodeStatus]) -> String {
         if let Some(up) = n.uptime_ms {
             line.push_str(&format!("  up {}", short(Duration::from_millis(up))));
         }
-        if n.kind == "worker" || n.restarts > 0 {
+        if n.kind == NodeType::Worker || n.restarts > 0 {
             line.push_str(&format!("  restarts {}", n.restarts));
         }
         if let Some(next) = n.next_restart_in_ms {
@@ -301,16 +340,14 @@ pub fn render_text(nodes: &[NodeStatus]) -> String {
             line.push_str(&format!("  last exit: {exit}"));
         }
         if let Some(r) = &n.stop_report {
-            let took = r.get("took_ms").and_then(|v| v.as_u64()).unwrap_or(0);
-            let outcome = r.get("outcome").and_then(|v| v.as_str()).unwrap_or("?");
-            let verdict = match outcome {
-                "met" => "deadline met",
-                "killed" => "KILLED at its deadline",
-                _ => "was not running",
+            let verdict = match r.outcome {
+                StopOutcome::Met => "deadline met",
+                StopOutcome::Killed => "KILLED at its deadline",
+                StopOutcome::NotRunning => "was not running",
             };
             line.push_str(&format!(
                 "  stop: {} ({verdict})",
-                short(Duration::from_millis(took))
+                short(Duration::from_millis(r.took_ms))
             ));
         }
         out.push_str(line.trim_end());
@@ -335,5 +372,73 @@ fn short(d: Duration) -> String {
         format!("{}h{:02}m", s / 3600, (s / 60) % 60)
     } else {
         format!("{}d{:02}h", s / 86400, (s / 3600) % 24)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(path: &str, depth: usize, kind: NodeType, state: NodeState) -> NodeStatus {
+        NodeStatus {
+            path: path.into(),
+            kind,
+            state,
+            depth,
+            pid: None,
+            uptime_ms: None,
+            restarts: 0,
+            last_exit: None,
+            next_restart_in_ms: None,
+            stop_report: None,
+            notify_status: None,
+        }
+    }
+
+    #[test]
+    fn text_lines_up_kind_and_state_in_columns_and_reads_the_stop_report() {
+        let mut api = node("backend/api", 2, NodeType::Worker, NodeState::Stopped);
+        api.stop_report = Some(StopRecord {
+            path: "backend/api".into(),
+            kind: NodeType::Worker,
+            pid: Some(7),
+            signal: Some("SIGTERM".into()),
+            deadline_ms: 6000,
+            took_ms: 9000,
+            outcome: StopOutcome::Killed,
+            exit: Some("signal SIGKILL".into()),
+        });
+        let text = render_text(&[
+            node("(root)", 0, NodeType::Group, NodeState::Ready),
+            node("backend", 1, NodeType::Group, NodeState::Ready),
+            api,
+        ]);
+        let want = [
+            "(root)      group  ready",
+            "└─ backend  group  ready",
+            "   └─ api   worker stopped   restarts 0  stop: 9.0s (KILLED at its deadline)",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
+    }
+
+    #[test]
+    fn daemon_and_node_states_keep_their_wire_names() {
+        for (state, name) in [
+            (DaemonState::Starting, "starting"),
+            (DaemonState::Running, "running"),
+            (DaemonState::Reloading, "reloading"),
+            (DaemonState::Stopping, "stopping"),
+        ] {
+            assert_eq!(state.to_string(), name);
+            assert_eq!(serde_json::to_value(state).unwrap(), name);
+            assert_eq!(
+                serde_json::from_value::<DaemonState>(name.into()).unwrap(),
+                state
+            );
+        }
+        assert_eq!(
+            serde_json::to_value(NodeState::Backoff).unwrap(),
+            NodeState::Backoff.as_str()
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::protocol::{Request, Response};
+use crate::report::StopOutcome;
 use crate::status::render_text;
 
 /// Sends `request` and waits for the reply. Status answers at once; a stop may take as long
@@ -76,36 +77,30 @@ pub fn print(request: &Request, reply: &Response, json: bool) -> u8 {
         println!("{m}");
     }
     if let Some(diff) = &reply.diff {
-        for key in ["added", "removed", "changed", "scaled", "updated"] {
-            let items: Vec<String> = diff
-                .get(key)
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
+        for (key, items) in [
+            ("added", &diff.added),
+            ("removed", &diff.removed),
+            ("changed", &diff.changed),
+            ("scaled", &diff.scaled),
+            ("updated", &diff.updated),
+        ] {
             if !items.is_empty() {
                 println!("  {key}: {}", items.join(", "));
             }
         }
-        if let Some(n) = diff.get("unchanged").and_then(|v| v.as_u64()) {
-            println!("  unchanged workers: {n}");
-        }
+        println!("  unchanged workers: {}", diff.unchanged);
     }
     if let Some(report) = &reply.report {
         for r in report {
-            let path = r.get("path").and_then(|v| v.as_str()).unwrap_or("?");
-            let took = r.get("took_ms").and_then(|v| v.as_u64()).unwrap_or(0);
-            let deadline = r.get("deadline_ms").and_then(|v| v.as_u64()).unwrap_or(0);
-            let outcome = r.get("outcome").and_then(|v| v.as_str()).unwrap_or("?");
-            match outcome {
-                "not_running" => println!("  {path}: was not running"),
-                "killed" => {
+            let (path, took, deadline) = (&r.path, r.took_ms, r.deadline_ms);
+            match r.outcome {
+                StopOutcome::NotRunning => println!("  {path}: was not running"),
+                StopOutcome::Killed => {
                     println!("  {path}: KILLED at its {deadline}ms deadline (after {took}ms)")
                 }
-                _ => println!("  {path}: stopped in {took}ms (deadline {deadline}ms)"),
+                StopOutcome::Met => {
+                    println!("  {path}: stopped in {took}ms (deadline {deadline}ms)")
+                }
             }
         }
     }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diff::ReloadSummary;
 use crate::report::StopRecord;
-use crate::status::NodeStatus;
+use crate::status::{DaemonState, NodeStatus};
 
 /// Longest request line accepted; longer ones get an error reply and the connection closes.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -39,10 +39,10 @@ pub struct Response {
     pub daemon: Option<DaemonInfo>,
     /// `stop`/`restart`: what was stopped, how long it took, deadline met or killed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub report: Option<Vec<serde_json::Value>>,
+    pub report: Option<Vec<StopRecord>>,
     /// `reload`: what changed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<serde_json::Value>,
+    pub diff: Option<ReloadSummary>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ pub struct DaemonInfo {
     pub version: String,
     pub config: String,
     pub uptime_ms: u64,
-    pub state: String,
+    pub state: DaemonState,
 }
 
 impl Response {
@@ -69,21 +69,6 @@ impl Response {
             message: Some(message.into()),
             ..Default::default()
         }
-    }
-
-    pub fn with_report(mut self, records: &[StopRecord]) -> Response {
-        self.report = Some(
-            records
-                .iter()
-                .filter_map(|r| serde_json::to_value(r).ok())
-                .collect(),
-        );
-        self
-    }
-
-    pub fn with_diff(mut self, diff: &ReloadSummary) -> Response {
-        self.diff = serde_json::to_value(diff).ok();
-        self
     }
 }
 

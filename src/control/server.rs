@@ -1,7 +1,8 @@
 //! The daemon's end of the control socket. Each connection is its own task, so a client that
 //! connects and never writes blocks nobody. Requests are bounded in size; a malformed one gets
 //! an error reply and the connection stays usable. `status` is answered from the status board
-//! directly; everything else goes to the tree controller.
+//! directly; everything else goes to the tree controller as a typed [`Command`], and its typed
+//! [`Reply`] is turned into the wire reply here: the wire format ends at this module.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -15,13 +16,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::protocol::{parse_request, DaemonInfo, Request, Response, MAX_REQUEST};
-use crate::status::StatusBoard;
-
-/// A request for the tree controller, with where to send the answer.
-pub struct ControlRequest {
-    pub request: Request,
-    pub reply: oneshot::Sender<Response>,
-}
+use crate::status::{DaemonState, StatusBoard};
+use crate::supervisor::command::{Command, ControlRequest, Reply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -83,8 +79,7 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard), BindError> {
 pub struct Daemon {
     pub config: String,
     pub started: Instant,
-    /// "starting", "running", "reloading", "stopping".
-    pub state: watch::Receiver<&'static str>,
+    pub state: watch::Receiver<DaemonState>,
 }
 
 pub async fn serve(
@@ -171,23 +166,57 @@ async fn connection(
             return Ok(());
         }
         let text = String::from_utf8_lossy(&line);
-        let reply = match parse_request(&text) {
+        let reply = match parse_request(&text).map(command) {
             Err(e) => Response::error(e),
-            Ok(Request::Status) => status(&board, &daemon).await,
-            Ok(request) => {
-                let (tx, rx) = oneshot::channel();
-                if requests
-                    .send(ControlRequest { request, reply: tx })
-                    .is_err()
-                {
-                    Response::error("arborist is exiting")
-                } else {
-                    rx.await
-                        .unwrap_or_else(|_| Response::error("arborist is exiting"))
-                }
-            }
+            Ok(None) => status(&board, &daemon).await,
+            Ok(Some(command)) => response(ask(&requests, command).await),
         };
         send(&mut write, &reply).await?;
+    }
+}
+
+/// The tree controller's command for a request; `status` has none, it is answered here.
+fn command(request: Request) -> Option<Command> {
+    Some(match request {
+        Request::Status => return None,
+        Request::Start { path } => Command::Start { path },
+        Request::Stop { path } => Command::Stop { path },
+        Request::Restart { path } => Command::Restart { path },
+        Request::Reload => Command::Reload,
+        Request::Shutdown => Command::Shutdown,
+    })
+}
+
+/// Hands `command` to the tree controller and waits for its reply.
+async fn ask(requests: &mpsc::UnboundedSender<ControlRequest>, command: Command) -> Reply {
+    let exiting = || Reply::Refused("arborist is exiting".into());
+    let (tx, rx) = oneshot::channel();
+    if requests
+        .send(ControlRequest { command, reply: tx })
+        .is_err()
+    {
+        return exiting();
+    }
+    rx.await.unwrap_or_else(|_| exiting())
+}
+
+/// The wire reply for the tree's answer (docs/control.md).
+fn response(reply: Reply) -> Response {
+    match reply {
+        Reply::Done { message, records } => Response {
+            report: Some(records),
+            ..Response::message(message)
+        },
+        Reply::Reloaded { summary } => Response {
+            diff: Some(summary),
+            ..Response::message("reloaded")
+        },
+        Reply::ReloadRejected { errors } => Response {
+            errors,
+            ..Response::error("invalid configuration: the tree runs on unchanged")
+        },
+        Reply::ShuttingDown => Response::message("shutting down"),
+        Reply::Refused(why) => Response::error(why),
     }
 }
 
@@ -207,8 +236,73 @@ pub async fn status(board: &StatusBoard, daemon: &Daemon) -> Response {
             version: env!("CARGO_PKG_VERSION").to_string(),
             config: daemon.config.clone(),
             uptime_ms: crate::report::millis(daemon.started.elapsed()),
-            state: daemon.state.borrow().to_string(),
+            state: *daemon.state.borrow(),
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::ReloadSummary;
+    use crate::report::{NodeType, StopOutcome, StopRecord};
+
+    fn wire(reply: Reply) -> String {
+        serde_json::to_string(&response(reply)).unwrap()
+    }
+
+    #[test]
+    fn every_verb_but_status_becomes_a_command() {
+        assert_eq!(command(Request::Status), None);
+        assert_eq!(
+            command(Request::Restart { path: "db".into() }),
+            Some(Command::Restart { path: "db".into() })
+        );
+        assert_eq!(command(Request::Shutdown), Some(Command::Shutdown));
+    }
+
+    #[test]
+    fn replies_keep_their_wire_form() {
+        let record = StopRecord {
+            path: "db".into(),
+            kind: NodeType::Worker,
+            pid: Some(4250),
+            signal: Some("SIGTERM".into()),
+            deadline_ms: 6000,
+            took_ms: 302,
+            outcome: StopOutcome::Met,
+            exit: None,
+        };
+        assert_eq!(
+            wire(Reply::Done {
+                message: "restarted db".into(),
+                records: vec![record],
+            }),
+            r#"{"ok":true,"message":"restarted db","report":[{"path":"db","kind":"worker","pid":4250,"signal":"SIGTERM","deadline_ms":6000,"took_ms":302,"outcome":"met"}]}"#
+        );
+        let summary = ReloadSummary {
+            scaled: vec!["g/w: 2 -> 3".into()],
+            unchanged: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            wire(Reply::Reloaded { summary }),
+            r#"{"ok":true,"message":"reloaded","diff":{"added":[],"removed":[],"changed":[],"scaled":["g/w: 2 -> 3"],"updated":[],"unchanged":2}}"#
+        );
+        assert_eq!(
+            wire(Reply::ReloadRejected {
+                errors: vec!["a.yaml: 1 error found".into()]
+            }),
+            r#"{"ok":false,"error":"invalid configuration: the tree runs on unchanged","errors":["a.yaml: 1 error found"]}"#
+        );
+        assert_eq!(
+            wire(Reply::ShuttingDown),
+            r#"{"ok":true,"message":"shutting down"}"#
+        );
+        assert_eq!(
+            wire(Reply::Refused("no such node: x".into())),
+            r#"{"ok":false,"error":"no such node: x"}"#
+        );
     }
 }

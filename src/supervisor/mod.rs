@@ -8,6 +8,7 @@
 //! that the group's loop drives, so a tighter stop from above preempts it at once.
 
 mod backoff;
+pub mod command;
 mod deadline;
 mod group;
 mod probe;

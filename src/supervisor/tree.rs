@@ -1,5 +1,6 @@
-//! The tree controller: starts the root group, serves signals, control requests and tree-wide
-//! events, applies reloads, and carries out the shutdown: stop the root within its deadline,
+//! The tree controller: starts the root group, serves signals, operators' commands (typed
+//! [`Command`]s; the control socket's wire format stays in `control`) and tree-wide events,
+//! applies reloads, and carries out the shutdown: stop the root within its deadline,
 //! stop any adopted stray processes, write the report, pick the exit code. A second
 //! SIGINT/SIGTERM during the shutdown SIGKILLs everything at once.
 //!
@@ -20,17 +21,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use super::command::{Command, ControlRequest, Reply};
 use super::group::{run_group, GroupRun};
 use super::{Ctx, DeadlineHandle, Down, Link, Op, TreeEvent, Up};
 use crate::config::{self, TreeSpec};
-use crate::control::protocol::{Request, Response};
-use crate::control::server::{self, ControlRequest, Daemon};
 use crate::diff;
 use crate::notify::systemd;
 use crate::process::{group, reap, registry};
 use crate::report::{millis, NodeType, ShutdownReport, StopOutcome, StopRecord};
 use crate::signals::{is_stop_request, SignalStream};
-use crate::status::{Entry, NodeState, StatusBoard};
+use crate::status::{DaemonState, Entry, NodeState, StatusBoard};
 
 pub struct RunOptions {
     pub shutdown_report: Option<PathBuf>,
@@ -50,8 +50,9 @@ pub struct Inputs {
     pub child_events: watch::Receiver<u64>,
     pub board: StatusBoard,
     pub control: mpsc::UnboundedReceiver<ControlRequest>,
-    pub daemon: Arc<Daemon>,
-    pub daemon_state: watch::Sender<&'static str>,
+    /// When arborist started: the root's `since` on the status board.
+    pub started: Instant,
+    pub daemon_state: watch::Sender<DaemonState>,
     pub options: RunOptions,
 }
 
@@ -77,7 +78,7 @@ pub async fn run(inputs: Inputs) -> i32 {
         child_events,
         board,
         mut control,
-        daemon,
+        started,
         daemon_state,
         options,
     } = inputs;
@@ -113,7 +114,7 @@ pub async fn run(inputs: Inputs) -> i32 {
         kind: NodeType::Group,
         state,
         pid: Some(std::process::id()),
-        since: Some(daemon.started),
+        since: Some(started),
         restarts: 0,
         last_exit: None,
         next_restart_at: None,
@@ -142,27 +143,24 @@ pub async fn run(inputs: Inputs) -> i32 {
                         info!("received {sig}: reloading {}", spec.source.display());
                         reloads.read(&spec, &daemon_state, None);
                     }
-                    Signal::SIGUSR1 => log_status(&board, &daemon).await,
+                    Signal::SIGUSR1 => log_status(&board).await,
                     _ => {}
                 }
             }
             Some(req) = control.recv() => {
-                let ControlRequest { request, reply } = req;
-                match request {
-                    Request::Shutdown => {
-                        let _ = reply.send(Response::message("shutting down"));
+                let ControlRequest { command, reply } = req;
+                match command {
+                    Command::Shutdown => {
+                        let _ = reply.send(Reply::ShuttingDown);
                         break ("shutdown requested over the control socket".to_string(), exit::OK, Instant::now(), None);
                     }
-                    Request::Reload => {
+                    Command::Reload => {
                         info!("reload requested over the control socket");
                         reloads.read(&spec, &daemon_state, Some(reply));
                     }
-                    Request::Start { path } => route(Op::Start, &path, &down_tx, reply),
-                    Request::Stop { path } => route(Op::Stop, &path, &down_tx, reply),
-                    Request::Restart { path } => route(Op::Restart, &path, &down_tx, reply),
-                    Request::Status => {
-                        let _ = reply.send(server::status(&board, &daemon).await);
-                    }
+                    Command::Start { path } => route(Op::Start, &path, &down_tx, reply),
+                    Command::Stop { path } => route(Op::Stop, &path, &down_tx, reply),
+                    Command::Restart { path } => route(Op::Restart, &path, &down_tx, reply),
                 }
             }
             read = reloads.next_read() => {
@@ -173,10 +171,10 @@ pub async fn run(inputs: Inputs) -> i32 {
                 Up::Reloaded { .. } => reloads.applied(&daemon_state),
                 Up::Ready { .. } => {
                     board.put(vec![], root_entry(NodeState::Ready));
-                    let was = daemon_state.send_replace("running");
+                    let was = daemon_state.send_replace(DaemonState::Running);
                     let workers = count_workers(&spec.root);
                     info!(workers, "tree ready: every worker is up");
-                    if was != "running" {
+                    if was != DaemonState::Running {
                         systemd::ready(&format!("ready: {workers}/{workers} workers up"));
                         crate::process::chores::trim_heap();
                     }
@@ -197,7 +195,7 @@ pub async fn run(inputs: Inputs) -> i32 {
         }
     };
 
-    daemon_state.send_replace("stopping");
+    daemon_state.send_replace(DaemonState::Stopping);
     board.put(vec![], root_entry(NodeState::Stopping));
     reloads.interrupted();
     let deadline = received + spec.root.shutdown_timeout;
@@ -249,17 +247,13 @@ pub async fn run(inputs: Inputs) -> i32 {
                             kill_everything();
                             give_up = give_up.min(Instant::now() + FORCED_GRACE);
                         } else if sig.signal == Signal::SIGUSR1 {
-                            log_status(&board, &daemon).await;
+                            log_status(&board).await;
                         } else {
                             warn!("received {sig} during shutdown: ignored");
                         }
                     }
                     Some(req) = control.recv() => {
-                        let reply = match req.request {
-                            Request::Status => server::status(&board, &daemon).await,
-                            _ => Response::error("arborist is shutting down"),
-                        };
-                        let _ = req.reply.send(reply);
+                        let _ = req.reply.send(Reply::Refused("arborist is shutting down".into()));
                     }
                 }
             }
@@ -330,7 +324,7 @@ pub async fn run(inputs: Inputs) -> i32 {
 }
 
 /// Sends an operator's node request to the root group; the reply goes straight to the client.
-fn route(op: Op, path: &str, root: &mpsc::UnboundedSender<Down>, reply: oneshot::Sender<Response>) {
+fn route(op: Op, path: &str, root: &mpsc::UnboundedSender<Down>, reply: oneshot::Sender<Reply>) {
     let target: Vec<String> = path
         .trim_matches('/')
         .split('/')
@@ -338,8 +332,9 @@ fn route(op: Op, path: &str, root: &mpsc::UnboundedSender<Down>, reply: oneshot:
         .map(String::from)
         .collect();
     if target.is_empty() {
-        let _ = reply.send(Response::error(
-            "give a node path such as backend/api or backend/api#2 (use shutdown for the whole tree)",
+        let _ = reply.send(Reply::Refused(
+            "give a node path such as backend/api or backend/api#2 (use shutdown for the whole tree)"
+                .into(),
         ));
         return;
     }
@@ -352,20 +347,23 @@ fn route(op: Op, path: &str, root: &mpsc::UnboundedSender<Down>, reply: oneshot:
         })
         .is_err()
     {
-        let _ = reply.send(Response::error("the tree is not running"));
+        let _ = reply.send(Reply::Refused("the tree is not running".into()));
         return;
     }
     tokio::spawn(async move {
-        let response = match rx.await {
+        let answer = match rx.await {
             Ok(Ok(done)) => {
                 let took = crate::metrics::longest(&done.records);
                 crate::metrics::stop_finished(&done.records, took);
-                Response::message(done.message).with_report(&done.records)
+                Reply::Done {
+                    message: done.message,
+                    records: done.records,
+                }
             }
-            Ok(Err(e)) => Response::error(e),
-            Err(_) => Response::error("the tree is not running"),
+            Ok(Err(e)) => Reply::Refused(e),
+            Err(_) => Reply::Refused("the tree is not running".into()),
         };
-        let _ = reply.send(response);
+        let _ = reply.send(answer);
     });
 }
 
@@ -382,15 +380,16 @@ struct Reloads {
 
 struct Reading {
     result: Pin<Box<dyn Future<Output = Result<TreeSpec, config::LoadError>> + Send>>,
-    replies: Vec<oneshot::Sender<Response>>,
+    replies: Vec<oneshot::Sender<Reply>>,
     announce: bool,
 }
 
 struct Applying {
-    replies: Vec<oneshot::Sender<Response>>,
+    replies: Vec<oneshot::Sender<Reply>>,
     summary: diff::ReloadSummary,
     announce: bool,
-    before: &'static str,
+    /// The daemon's state before the reload, to return to once it is applied.
+    before: DaemonState,
 }
 
 impl Reloads {
@@ -398,15 +397,15 @@ impl Reloads {
     fn read(
         &mut self,
         spec: &TreeSpec,
-        state: &watch::Sender<&'static str>,
-        reply: Option<oneshot::Sender<Response>>,
+        state: &watch::Sender<DaemonState>,
+        reply: Option<oneshot::Sender<Reply>>,
     ) {
         if let Some(reading) = &mut self.reading {
             info!("a reload is already reading the configuration; this request shares its result");
             reading.replies.extend(reply);
             return;
         }
-        let announce = *state.borrow() == "running";
+        let announce = *state.borrow() == DaemonState::Running;
         if announce {
             systemd::reloading();
         }
@@ -435,7 +434,7 @@ impl Reloads {
         read: Result<TreeSpec, config::LoadError>,
         spec: &mut TreeSpec,
         root: &mpsc::UnboundedSender<Down>,
-        state: &watch::Sender<&'static str>,
+        state: &watch::Sender<DaemonState>,
     ) {
         let Some(Reading {
             replies, announce, ..
@@ -459,10 +458,9 @@ impl Reloads {
                     error!("{line}");
                 }
                 for reply in replies {
-                    let mut r =
-                        Response::error("invalid configuration: the tree runs on unchanged");
-                    r.errors = errors.clone();
-                    let _ = reply.send(r);
+                    let _ = reply.send(Reply::ReloadRejected {
+                        errors: errors.clone(),
+                    });
                 }
                 return;
             }
@@ -485,11 +483,9 @@ impl Reloads {
             spec: Box::new(spec.root.clone()),
             key: vec![],
         });
-        let before = state.send_replace("reloading");
-        let before = if before == "reloading" {
-            "running"
-        } else {
-            before
+        let before = match state.send_replace(DaemonState::Reloading) {
+            DaemonState::Reloading => DaemonState::Running,
+            before => before,
         };
         self.applying.push_back(Applying {
             replies,
@@ -500,7 +496,7 @@ impl Reloads {
     }
 
     /// The root applied the oldest reload handed to it.
-    fn applied(&mut self, state: &watch::Sender<&'static str>) {
+    fn applied(&mut self, state: &watch::Sender<DaemonState>) {
         let Some(done) = self.applying.pop_front() else {
             return;
         };
@@ -512,7 +508,7 @@ impl Reloads {
         // meanwhile (the root became ready, a shutdown began).
         if self.applying.is_empty() {
             state.send_if_modified(|s| {
-                let was = *s == "reloading";
+                let was = *s == DaemonState::Reloading;
                 if was {
                     *s = done.before;
                 }
@@ -521,7 +517,9 @@ impl Reloads {
         }
         info!("reload applied");
         for reply in done.replies {
-            let _ = reply.send(Response::message("reloaded").with_diff(&done.summary));
+            let _ = reply.send(Reply::Reloaded {
+                summary: done.summary.clone(),
+            });
         }
     }
 
@@ -530,17 +528,16 @@ impl Reloads {
         let reading = self.reading.take().map(|r| r.replies).unwrap_or_default();
         let applying = self.applying.drain(..).flat_map(|a| a.replies);
         for reply in reading.into_iter().chain(applying) {
-            let _ = reply.send(Response::error(
-                "reload interrupted: arborist is shutting down",
+            let _ = reply.send(Reply::Refused(
+                "reload interrupted: arborist is shutting down".into(),
             ));
         }
     }
 }
 
 /// SIGUSR1: the status tree, one log line per node.
-async fn log_status(board: &StatusBoard, daemon: &Daemon) {
-    let response = server::status(board, daemon).await;
-    let nodes = response.nodes.unwrap_or_default();
+async fn log_status(board: &StatusBoard) {
+    let nodes = board.snapshot().await;
     info!("status ({} nodes):", nodes.len());
     for line in crate::status::render_text(&nodes).lines() {
         info!("  {line}");
