@@ -850,7 +850,10 @@ shutdown_timeout: 5s
 children:
   polite:
     stop_timeout: 5s
-    shell: "trap 'echo bye > $DIR/polite.bye; exit 0' TERM; echo $$ > $DIR/polite.pid; while :; do sleep 1; done"
+    # No child processes: a SIGSTOP that lands while sh forks leaves sh in vfork's state D
+    # (not T), and a SIGTERM that lands in a background child before its exec runs sh's trap
+    # there and is lost.
+    command: ["python3", "-c", "import os, signal, sys, time\ndef bye(*_):\n    open(sys.argv[1] + '/polite.bye', 'w').write('bye\\n')\n    sys.exit(0)\nsignal.signal(signal.SIGTERM, bye)\nopen(sys.argv[1] + '/polite.pid', 'w').write(str(os.getpid()))\nwhile True:\n    time.sleep(1)\n", "$DIR"]
 "#,
     );
     let mut arb = fx.run(&[

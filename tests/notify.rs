@@ -324,6 +324,60 @@ children:
     assert_eq!(arb.stop_with(Signal::SIGTERM, WAIT).0, 0);
 }
 
+/// A helper of `spoofer` moves itself into `victim`'s process group (if it can) and sends
+/// READY=1 from there; then `spoofer` itself sends READY=1. Writes the helper's setpgid result
+/// to `$DIR/spoof.result`.
+const SPOOF: &str = r#"
+import os, socket, sys, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+d = sys.argv[1]
+while not os.path.exists(d + "/victim.pid"):
+    time.sleep(0.02)
+victim = int(open(d + "/victim.pid").read())
+child = os.fork()
+if child == 0:
+    try:
+        os.setpgid(0, victim)
+        result = "joined"
+    except PermissionError:
+        result = "EPERM"
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+    open(d + "/spoof.result", "w").write(result)
+    os._exit(0)
+os.waitpid(child, 0)
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+time.sleep(1000)
+"#;
+
+#[test]
+fn a_worker_cannot_join_another_workers_group_nor_make_it_ready() {
+    let fx = fixture(
+        r#"
+shutdown_timeout: 5s
+children:
+  victim:
+    shell: "echo $$ > $DIR/victim.pid; exec sleep 1000"
+    ready: {notify: true}
+  spoofer:
+    command: ["python3", "$DIR/spoof.py", "$DIR"]
+    ready: {notify: true}
+"#,
+    );
+    std::fs::write(fx.path("spoof.py"), SPOOF).expect("write spoof.py");
+    let mut arb = fx.run(&[]);
+    wait_serving(&fx);
+    // The spoofer's own READY=1 went out after its helper's: once it is ready, arborist has
+    // read the helper's datagram too.
+    wait_state(&fx, "spoofer", "ready");
+    assert_eq!(fx.read("spoof.result").as_deref(), Some("EPERM"));
+    let st = status(&fx);
+    let victim = node(&st, "victim").expect("victim in status");
+    assert_eq!(victim["state"], "starting", "{victim}");
+    assert_eq!(arb.stop_with(Signal::SIGTERM, WAIT).0, 0);
+}
+
 #[test]
 fn a_worker_that_stops_sending_watchdog_1_is_stopped_and_restarted() {
     let fx = fixture(

@@ -3,11 +3,13 @@
 //! `Type=notify` and `WatchdogSec=` runs unchanged.
 //!
 //! The socket has SO_PASSCRED: the kernel attaches the sender's PID to every datagram, and
-//! the sender's *process group* says which worker it belongs to (every worker leads its own).
-//! So a worker's helper processes may speak for it, like systemd's `NotifyAccess=all` limited
-//! to the worker's group, and nothing outside a worker's group can speak for any worker.
-//! A sender that exits before arborist reads its datagram can no longer be placed (its
-//! group is unknowable) unless it was the worker itself; systemd has the same race.
+//! the sender's *session* says which worker it belongs to (every worker leads its own session,
+//! whose id is the worker's pid). So a worker's helper processes may speak for it, like
+//! systemd's `NotifyAccess=all` limited to the worker's session, and nothing outside it can
+//! speak for any worker: a process can move itself into another process group only within its
+//! own session, and into another session not at all. A sender that exits before arborist
+//! reads its datagram can no longer be placed (its session is unknowable) unless it was the
+//! worker itself; systemd has the same race.
 //!
 //! Understood: `READY=1`, `WATCHDOG=1`, `WATCHDOG=trigger`, `WATCHDOG_USEC=`, `STATUS=`.
 //! Others (`STOPPING=1`, `MAINPID=`, `ERRNO=`, ...) are ignored; passed descriptors
@@ -242,9 +244,10 @@ fn receive(socket: &UnixDatagram, buf: &mut [u8]) -> io::Result<Option<(i32, usi
 
 /// Places a datagram with its worker and hands over what it says.
 fn deliver(pid: i32, datagram: &[u8]) {
-    let pgid = match nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))) {
-        Ok(g) => g.as_raw(),
-        // Gone already: only a worker's leader (pid = pgid) can still be placed.
+    // Workers are registered by their pid, which is their session's id.
+    let pgid = match nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))) {
+        Ok(sid) => sid.as_raw(),
+        // Gone already: only a worker itself (pid = session id) can still be placed.
         Err(_) => pid,
     };
     let mut notices = Vec::new();

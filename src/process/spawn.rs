@@ -1,5 +1,5 @@
-//! Starting child processes. Every child gets its own process group (so a signal reaches its
-//! grandchildren too), `PR_SET_PDEATHSIG=SIGKILL` (so it dies if arborist is SIGKILLed), the
+//! Starting child processes. Every child gets its own session and process group (so a signal
+//! reaches its grandchildren too, and no other worker can join its group), `PR_SET_PDEATHSIG=SIGKILL` (so it dies if arborist is SIGKILLed), the
 //! RLIMIT_NOFILE soft limit arborist started with, default signal dispositions and an empty
 //! signal mask.
 //!
@@ -227,7 +227,7 @@ struct Shared {
 
 /// The child's steps, for the error message of a failed spawn.
 const STEPS: [&str; 6] = [
-    "setting its process group",
+    "starting its own session",
     "redirecting stdin/stdout/stderr",
     "changing to its working directory",
     "changing user/group",
@@ -522,7 +522,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
         }
         let step = |n: i32| s.step.store(n, Ordering::SeqCst);
-        if libc::setpgid(0, 0) != 0 {
+        // Its own session (and so its own process group): no other worker can join it,
+        // since setpgid only moves a process within its session, and its notify senders
+        // are placed by session.
+        if libc::setsid() < 0 {
             fail();
         }
         step(1);
