@@ -19,14 +19,19 @@ fn run_once() -> Duration {
     let start = Instant::now();
     runtime.block_on(async {
         let mut tasks = Vec::new();
+        let mut runs = Vec::new();
         let mut writers = Vec::new();
         for i in 0..WORKERS {
             let (read, write) = nix::unistd::pipe().unwrap();
             let read: OwnedFd = read;
+            // The run is never over here: the capture ends at EOF, as the writer closes.
+            let (keep, run_over) = tokio::sync::oneshot::channel();
+            runs.push(keep);
             tasks.push(tokio::spawn(arborist::logs::capture(
                 Some(read),
                 None,
                 format!("pool/w#{i}"),
+                run_over,
             )));
             writers.push(std::thread::spawn(move || {
                 let mut f = std::fs::File::from(write);

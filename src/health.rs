@@ -339,6 +339,7 @@ mod tests {
             next_restart_in_ms: None,
             stop_report: None,
             notify_status: None,
+            adopted: Vec::new(),
         }
     }
 

@@ -290,18 +290,33 @@ struct Stream {
 
 /// Re-emits the lines of a worker's stdout and stderr as events for `path`, until both
 /// pipes reach EOF.
-pub async fn capture(stdout: Option<OwnedFd>, stderr: Option<OwnedFd>, path: String) {
+///
+/// `run_over` resolves (or is dropped) when the worker's run is over and nothing of it is
+/// left: what is still in the pipes is read, and the pipes are closed even if a process
+/// outside the run (one that was handed a copy of the write end) still holds them, so a
+/// finished run never keeps its descriptors.
+pub async fn capture(
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    path: String,
+    mut run_over: tokio::sync::oneshot::Receiver<()>,
+) {
     let open = |fd: Option<OwnedFd>, name| Stream {
         pipe: fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok()),
         name,
         partial: Vec::new(),
     };
     let mut streams = [open(stdout, "stdout"), open(stderr, "stderr")];
+    let mut over = false;
     loop {
         let [out, err] = &mut streams;
         let ready = tokio::select! {
             r = readable(&out.pipe), if out.pipe.is_some() => r.map(|_| 0),
             r = readable(&err.pipe), if err.pipe.is_some() => r.map(|_| 1),
+            _ = &mut run_over, if !over => {
+                over = true;
+                break;
+            }
             else => break,
         };
         match ready {
@@ -310,9 +325,34 @@ pub async fn capture(stdout: Option<OwnedFd>, stderr: Option<OwnedFd>, path: Str
         }
         tokio::task::yield_now().await;
     }
+    if over {
+        // What the run wrote before it ended, bounded: a stray writer cannot keep it going.
+        for s in &mut streams {
+            for _ in 0..FINAL_TURNS {
+                if !has_data(&s.pipe) {
+                    break;
+                }
+                drain(s, &path);
+            }
+            retire(s.pipe.take());
+        }
+    }
     for s in &mut streams {
         flush(s, &path);
     }
+}
+
+/// How many budgets of output a finished run may still have read from its pipes.
+const FINAL_TURNS: usize = 64;
+
+/// Whether a read would return something now.
+fn has_data(pipe: &Option<pipe::Receiver>) -> bool {
+    let Some(p) = pipe else { return false };
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(p),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 async fn readable(pipe: &Option<pipe::Receiver>) -> std::io::Result<()> {

@@ -222,6 +222,9 @@ fn run(
         {
             tracing::warn!("cannot start spawner threads, spawning on the main thread: {e}");
         }
+        if let Err(e) = process::adopted::start() {
+            tracing::warn!("cannot start the thread that finds adopted processes, scanning inline: {e}");
+        }
         if let Err(e) = process::chores::start() {
             tracing::warn!("cannot start the chores thread, doing its work inline: {e}");
         }

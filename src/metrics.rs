@@ -72,6 +72,7 @@ mod tests {
             took_ms,
             outcome,
             exit: None,
+            adopted: Vec::new(),
         }
     }
 

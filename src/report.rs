@@ -72,6 +72,10 @@ pub struct StopRecord {
     /// How the main process ended, e.g. "exit status 0" or "signal SIGTERM".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<String>,
+    /// Processes of this worker's run that had left its process group (a daemon that called
+    /// `setsid`) and were adopted by arborist; stopped with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -125,6 +125,10 @@ pub struct NodeStatus {
     /// The worker's last sd_notify `STATUS=` text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_status: Option<String>,
+    /// Processes of this worker that left its process group (`setsid`) and were adopted by
+    /// arborist; they are stopped with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<u32>,
 }
 
 /// Position of a node in the tree: (child index in the spec, replica) for every level from
@@ -280,6 +284,7 @@ fn render(key: &OrderKey, e: &Entry, now: Instant) -> NodeStatus {
             .pid
             .filter(|_| up && e.kind == NodeType::Worker)
             .and_then(|pid| crate::notify::workers::status_of(pid as i32)),
+        adopted: Vec::new(),
     }
 }
 
@@ -335,6 +340,10 @@ pub fn render_text(nodes: &[NodeStatus]) -> String {
         }
         if let Some(text) = &n.notify_status {
             line.push_str(&format!("  \"{text}\""));
+        }
+        if !n.adopted.is_empty() {
+            let pids: Vec<String> = n.adopted.iter().map(u32::to_string).collect();
+            line.push_str(&format!("  adopted: {}", pids.join(" ")));
         }
         if let Some(exit) = &n.last_exit {
             line.push_str(&format!("  last exit: {exit}"));
@@ -392,6 +401,7 @@ mod tests {
             next_restart_in_ms: None,
             stop_report: None,
             notify_status: None,
+            adopted: Vec::new(),
         }
     }
 
@@ -407,6 +417,7 @@ mod tests {
             took_ms: 9000,
             outcome: StopOutcome::Killed,
             exit: Some("signal SIGKILL".into()),
+            adopted: Vec::new(),
         });
         let text = render_text(&[
             node("(root)", 0, NodeType::Group, NodeState::Ready),

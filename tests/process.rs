@@ -227,14 +227,15 @@ fn orphans_are_reaped_while_worker_exit_statuses_are_still_reported() {
     // orphan stays a zombie, and every worker's own status (not an orphan's 3) is reported.
     // Per worker: 10 orphans that stay in its process group and exit at once (the worker
     // waits until they have run, so its exit does not cut them short), and 10 that leave the
-    // group (setsid) and exit a little later, around the time the worker exits. The worker
-    // also waits until those have left its group: until then they are still members, and
-    // arborist rightly stops what a worker leaves in its group when it exits.
+    // group (setsid) and exit a little later, around the time the worker exits (or are
+    // stopped with it: they are still its run's processes). The worker also waits until
+    // those have left its group: until then they are still members, and arborist rightly
+    // stops what a worker leaves in its group when it exits.
     let orphans = |name: &str| {
         format!(
             "for i in 1 2 3 4 5 6 7 8 9 10; do \
              (sh -c 'echo $$ >> $DIR/{name}.orphans; exit 3' &); \
-             (setsid sh -c 'echo $$ >> $DIR/{name}.left; sleep 0.05; echo $$ >> $DIR/late.orphans; exit 3' &); done; \
+             (setsid sh -c 'echo $$ >> $DIR/{name}.left; echo $$ >> $DIR/late.orphans; sleep 0.05; exit 3' &); done; \
              while [ $(cat $DIR/{name}.orphans | wc -l) -lt 10 ]; do sleep 0.01; done; \
              while [ $(cat $DIR/{name}.left 2>/dev/null | wc -l) -lt 10 ]; do sleep 0.01; done"
         )

@@ -226,8 +226,20 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Response) ->
     write.write_all(text.as_bytes()).await
 }
 
+/// How old the scan of adopted processes that `status` shows may be: a scan reads /proc, so
+/// a burst of `status` requests shares one.
+const ADOPTED_SCAN_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn status(board: &StatusBoard, daemon: &Daemon) -> Response {
-    let nodes = board.snapshot().await;
+    let mut nodes = board.snapshot().await;
+    let adopted = crate::process::adopted::recent_scan(ADOPTED_SCAN_AGE).await;
+    if !adopted.by_path.is_empty() {
+        for n in &mut nodes {
+            if let Some(pids) = adopted.by_path.get(&n.path) {
+                n.adopted = pids.clone();
+            }
+        }
+    }
     Response {
         ok: true,
         nodes: Some(nodes),
@@ -273,6 +285,7 @@ mod tests {
             took_ms: 302,
             outcome: StopOutcome::Met,
             exit: None,
+            adopted: Vec::new(),
         };
         assert_eq!(
             wire(Reply::Done {

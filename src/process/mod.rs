@@ -3,6 +3,7 @@
 //! what is left if arborist itself is SIGKILLed. Nothing outside this module calls `kill(2)`,
 //! `waitpid(2)` or `fork(2)`.
 
+pub mod adopted;
 pub mod chores;
 pub mod group;
 pub mod guardian;

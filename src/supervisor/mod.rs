@@ -15,7 +15,7 @@ mod probe;
 pub mod tree;
 mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,11 +39,18 @@ pub(crate) struct Ctx {
     /// (shutdown, an operator's stop, a strategy restart, a watchdog): any makes `run` exit
     /// 3 rather than 0, and the report counts them.
     pub sigkills: AtomicU64,
+    /// The whole tree is stopping: the tree, not each worker, then stops the processes that
+    /// left their workers' process groups (one scan instead of one per worker).
+    pub shutting_down: AtomicBool,
 }
 
 impl Ctx {
     pub fn note_sigkill(&self) {
         self.sigkills.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 
     pub fn sigkills(&self) -> u64 {
@@ -232,5 +239,6 @@ pub(crate) fn not_running(path: &str, kind: NodeType) -> StopRecord {
         took_ms: 0,
         outcome: StopOutcome::NotRunning,
         exit: None,
+        adopted: Vec::new(),
     }
 }

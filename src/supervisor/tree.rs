@@ -90,6 +90,7 @@ pub async fn run(inputs: Inputs) -> i32 {
         tracker: tracker.clone(),
         tree: tree_tx,
         sigkills: std::sync::atomic::AtomicU64::new(0),
+        shutting_down: std::sync::atomic::AtomicBool::new(false),
     });
     let root_token = CancellationToken::new();
     let (up_tx, mut up_rx) = mpsc::unbounded_channel();
@@ -213,6 +214,8 @@ pub async fn run(inputs: Inputs) -> i32 {
         "shutdown: {reason}; stopping the tree top-down within {}",
         humantime::format_duration(spec.root.shutdown_timeout)
     );
+    ctx.shutting_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     root_token.cancel();
     let (handle, root_deadline) = DeadlineHandle::new(deadline);
     let mut forced: Option<i32> = None;
@@ -274,6 +277,7 @@ pub async fn run(inputs: Inputs) -> i32 {
                 took_ms: millis(received.elapsed()),
                 outcome: StopOutcome::Killed,
                 exit: None,
+                adopted: Vec::new(),
             }]
         }
     };
@@ -594,6 +598,7 @@ async fn stop_strays(
             took_ms: millis(begin.elapsed()),
             outcome: StopOutcome::of(killed),
             exit: None,
+            adopted: Vec::new(),
         });
     }
     let after_kill = (Instant::now() + Duration::from_secs(2)).min(hard_end.max(Instant::now()));

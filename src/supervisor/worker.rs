@@ -23,7 +23,8 @@ use super::probe::{self, ProbeEnv};
 use super::{Ctx, Deadline, Link, Outcome, StopRequest};
 use crate::config::{LogMode, ReadyCheck, WorkerSpec};
 use crate::notify::workers::{self as notify, Notice};
-use crate::process::group::{group_alive, signal_group, wait_gone};
+use crate::process::adopted;
+use crate::process::group::{group_alive, signal_group, wait_gone, Target};
 use crate::process::registry;
 use crate::process::spawn::{self, Child, Launch, Output};
 use crate::report::{millis, NodeType, StopOutcome, StopRecord};
@@ -44,6 +45,9 @@ pub(crate) struct WorkerRun {
     /// The group's stop request, once; None after it was received or dropped.
     pub stop: Option<oneshot::Receiver<StopRequest>>,
     pub ctx: Arc<Ctx>,
+    /// This run's marker (`ARBORIST_RUN`), set at spawn: how adopted processes that left
+    /// its process group are attributed to it.
+    pub marker: String,
 }
 
 /// The deadline a stop sequence runs under: the asker's deadline capped by the worker's own
@@ -138,6 +142,8 @@ impl WorkerRun {
         let mut env = spec.env.clone();
         env.push(("ARBORIST_PATH".into(), self.path.clone()));
         env.push(("ARBORIST_REPLICA".into(), self.replica.to_string()));
+        self.marker = adopted::new_marker();
+        env.push((adopted::RUN_VAR.into(), self.marker.clone()));
         if let Some(socket) = notify::socket_env() {
             env.push(("NOTIFY_SOCKET".into(), socket.to_string()));
         }
@@ -183,10 +189,16 @@ impl WorkerRun {
         self.link.started(pid as u32);
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        // Dropped when this task ends, once nothing of the run is left: the capture then
+        // closes the run's pipes.
+        let (_run_over, run_over) = tokio::sync::oneshot::channel::<()>();
         if stdout.is_some() || stderr.is_some() {
-            self.ctx
-                .tracker
-                .spawn(crate::logs::capture(stdout, stderr, self.path.clone()));
+            self.ctx.tracker.spawn(crate::logs::capture(
+                stdout,
+                stderr,
+                self.path.clone(),
+                run_over,
+            ));
         }
 
         let mut ready = spec.ready.is_none();
@@ -290,13 +302,18 @@ impl WorkerRun {
         } else {
             info!(path = %self.path, pid, "exited: {what} after {}", secs(ran_for));
         }
-        // The leader is gone; whatever it left in its process group goes with it.
-        if group_alive(pid) {
-            let mut clock = self.own_clock();
-            let (_, killed) = Box::pin(self.terminate_group(pid, &mut clock, None)).await;
-            if killed {
-                warn!(path = %self.path, "leftover processes ignored {}; killed", spec.stop_signal);
-            }
+        // The leader is gone; whatever it left in its process group, or adopted elsewhere,
+        // goes with it before the run counts as ended (and may be restarted).
+        let mut clock = self.own_clock();
+        let killed = if group_alive(pid) {
+            Box::pin(self.terminate_group(pid, &mut clock, None))
+                .await
+                .1
+        } else {
+            Box::pin(self.sweep_adopted(&mut clock)).await.1
+        };
+        if killed {
+            warn!(path = %self.path, "leftover processes ignored {}; killed", spec.stop_signal);
         }
         registry::remove_group(pid);
         self.link.ended(Outcome {
@@ -363,7 +380,7 @@ impl WorkerRun {
                 signal = Some(self.spec.stop_signal);
             }
         }
-        let (status, killed) = self.terminate_group(pid, &mut clock, Some(child)).await;
+        let (status, killed, adopted) = self.terminate_group(pid, &mut clock, Some(child)).await;
         let dw = clock.at();
         if killed {
             warn!(
@@ -383,18 +400,20 @@ impl WorkerRun {
             took_ms: millis(begin.elapsed()),
             outcome: StopOutcome::of(killed),
             exit: status.as_ref().map(describe),
+            adopted,
         }
     }
 
     /// Sends the stop signal to the group (unless the deadline already passed), waits until
     /// the leader is reaped and the group is empty, and SIGKILLs the group at the deadline.
-    /// Returns the leader's status (when `child` is given) and whether SIGKILL was needed.
+    /// Then stops what of the run left the group (`sweep_adopted`). Returns the leader's
+    /// status (when `child` is given), whether SIGKILL was needed, and the adopted pids.
     async fn terminate_group(
         &self,
         pid: i32,
         clock: &mut StopClock,
         mut child: Option<&mut Child>,
-    ) -> (Option<ExitStatus>, bool) {
+    ) -> (Option<ExitStatus>, bool, Vec<u32>) {
         let sig = self.spec.stop_signal;
         if Instant::now() < clock.at() {
             signal_group(pid, sig);
@@ -421,7 +440,8 @@ impl WorkerRun {
                 _ = clock.passed() => !group_alive(pid),
             };
         if gone {
-            return (status, false);
+            let (adopted, killed) = self.sweep_adopted(clock).await;
+            return (status, killed, adopted);
         }
         signal_group(pid, Signal::SIGKILL);
         self.ctx.note_sigkill();
@@ -442,7 +462,51 @@ impl WorkerRun {
         {
             warn!(path = %self.path, pid, "process group still present {} after SIGKILL", secs(KILL_GRACE));
         }
-        (status, true)
+        let (adopted, _) = self.sweep_adopted(clock).await;
+        (status, true, adopted)
+    }
+
+    /// Stops, by the same clock, what of this run left its process group and was adopted by
+    /// arborist (`process::adopted`): stop signal, then SIGKILL at the deadline. Returns their
+    /// pids and whether SIGKILL was needed. During the tree's shutdown the tree does this
+    /// once for every worker, after the root has stopped.
+    async fn sweep_adopted(&self, clock: &mut StopClock) -> (Vec<u32>, bool) {
+        if self.ctx.shutting_down() || self.marker.is_empty() {
+            return (Vec::new(), false);
+        }
+        let pids = adopted::of_run(&self.marker).await;
+        if pids.is_empty() {
+            return (Vec::new(), false);
+        }
+        warn!(
+            path = %self.path, pids = ?pids,
+            "stopping {} processes of this run that left its process group", pids.len()
+        );
+        let targets: Vec<Target> = pids.iter().map(|&p| Target::of(p)).collect();
+        if Instant::now() < clock.at() {
+            for t in &targets {
+                t.signal(self.spec.stop_signal);
+                t.signal(Signal::SIGCONT);
+            }
+        }
+        let alive = || targets.iter().any(Target::alive);
+        let mut events = self.ctx.child_events.clone();
+        let until = clock.at();
+        let gone = tokio::select! {
+            gone = wait_gone(alive, until, &mut events) => gone,
+            _ = clock.passed() => !alive(),
+        };
+        let pids: Vec<u32> = pids.iter().map(|&p| p as u32).collect();
+        if gone {
+            return (pids, false);
+        }
+        warn!(path = %self.path, "processes of this run that left its process group ignored {}; SIGKILLed", self.spec.stop_signal);
+        for t in &targets {
+            t.signal(Signal::SIGKILL);
+        }
+        self.ctx.note_sigkill();
+        wait_gone(alive, Instant::now() + KILL_GRACE, &mut events).await;
+        (pids, true)
     }
 
     async fn run_pre_stop(&self, argv: &[String], clock: &mut StopClock) {
@@ -470,11 +534,13 @@ impl WorkerRun {
         let pid = child.id();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
+        // Dropped on return, once the pre_stop's group has been killed: its pipes close.
+        let (_done, done) = tokio::sync::oneshot::channel::<()>();
         if stdout.is_some() || stderr.is_some() {
             let label = format!("{} (pre_stop)", self.path);
             self.ctx
                 .tracker
-                .spawn(crate::logs::capture(stdout, stderr, label));
+                .spawn(crate::logs::capture(stdout, stderr, label, done));
         }
         tokio::select! {
             status = child.wait() => {
@@ -487,10 +553,11 @@ impl WorkerRun {
             _ = clock.passed() => {
                 warn!(path = %self.path, "pre_stop {} still running at the deadline; killed", argv[0]);
                 signal_group(pid, Signal::SIGKILL);
-                let _ = child.wait().await;
+                let _ = timeout(KILL_GRACE, child.wait()).await;
             }
         }
         signal_group(pid, Signal::SIGKILL);
+        registry::remove_group(pid);
     }
 }
 

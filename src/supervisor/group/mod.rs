@@ -480,6 +480,7 @@ impl Group {
                     link,
                     stop: Some(rx),
                     ctx,
+                    marker: String::new(),
                 };
                 self.ctx.tracker.spawn(run.run());
                 Downlink::Worker(tx)

@@ -290,6 +290,7 @@ impl Group {
                 took_ms: millis(took),
                 outcome: StopOutcome::of(killed_at_d || overran),
                 exit: None,
+                adopted: Vec::new(),
             },
         );
         match stop.cause {
