@@ -158,6 +158,14 @@ fn run(
         }
     };
     arborist::secrets::learn(&tree);
+    // Rust's runtime ignores SIGPIPE already; the daemon depends on it, so it is said here: a
+    // write to a pipe whose reader died (the guardian's, a log client's) fails with EPIPE
+    // instead of killing arborist. Workers get the default disposition back before exec
+    // (process/spawn.rs).
+    // SAFETY: setting SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,8 +236,8 @@ fn run(
         if let Err(e) = process::chores::start() {
             tracing::warn!("cannot start the chores thread, doing its work inline: {e}");
         }
-        if let Err(e) = process::guardian::start() {
-            tracing::warn!("cannot start the guardian process (grandchildren may outlive a SIGKILLed arborist): {e}");
+        if let Err(e) = process::guardian::start(tree.guardian_grace) {
+            tracing::warn!("cannot start the guardian process (grandchildren may outlive a SIGKILLed arborist until it runs): {e}; retrying");
         }
         match arborist::notify::systemd::init() {
             Ok(Some(addr)) => {

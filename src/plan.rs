@@ -283,6 +283,7 @@ mod tests {
             source: "t.yaml".into(),
             control_socket: None,
             health_addr: None,
+            guardian_grace: crate::config::schema::DEFAULT_GUARDIAN_GRACE,
             root: group_spec(timeout, children),
         }
     }

@@ -797,3 +797,32 @@ children:
     assert_eq!(arb.wait_exit(WAIT), 0, "log:\n{}", arb.log());
     wait_until("worker to be gone", Duration::from_secs(5), || !alive(pid));
 }
+
+#[test]
+fn guardian_grace_is_a_duration_allowed_only_at_the_root() {
+    let fx = fixture(
+        r#"
+guardian_grace: 1 fortnight
+children:
+  g:
+    guardian_grace: 1s
+    children:
+      web:
+        shell: "sleep 1"
+"#,
+    );
+    assert_errors(
+        &fx,
+        &[
+            "1:17: (root): invalid duration",
+            "4:5: g: 'guardian_grace' is only allowed at the top of the file",
+        ],
+    );
+    for grace in ["0s", "250ms", "1m"] {
+        let fx = fixture(&format!(
+            "guardian_grace: {grace}\nchildren:\n  web:\n    shell: \"sleep 1\"\n"
+        ));
+        let o = fx.check(&[]);
+        assert_eq!(code(&o), 0, "guardian_grace: {grace}: {}", err(&o));
+    }
+}

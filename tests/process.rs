@@ -527,30 +527,38 @@ children:
     }
 }
 
+/// Without a guardian that can act (here it is SIGSTOPped, so arborist sees nothing wrong),
+/// the workers' leaders still end when arborist is SIGKILLed: their parent-death signal is
+/// their stop signal (it is SIGKILL for a worker that could not tell the guardian its group).
 #[test]
-fn worker_leaders_die_by_a_sigkill_pdeathsig_even_without_the_guardian() {
+fn worker_leaders_get_their_stop_signal_by_pdeathsig_even_without_a_working_guardian() {
     let fx = Fixture::new(
         r#"
 shutdown_timeout: 5s
 children:
   pool:
     replicas: 3
-    shell: "trap '' TERM; echo $$ > $DIR/pool$ARBORIST_REPLICA.pid; exec sleep 1000"
+    stop_signal: SIGINT
+    shell: "echo $$ > $DIR/pool$ARBORIST_REPLICA.pid; exec sleep 1000"
 "#,
     );
-    // The workers ignore SIGTERM: only a SIGKILL as parent-death signal ends them.
     let mut arb = fx.run(&[]);
     let pids: Vec<i32> = (0..3)
         .map(|i| fx.wait_pid(&format!("pool{i}.pid")))
         .collect();
     let guardian = guardian_of(arb.pid()).expect("guardian");
-    kill(Pid::from_raw(guardian), Signal::SIGKILL).unwrap();
-    wait_until("the guardian to die", WAIT, || !alive(guardian));
+    kill(Pid::from_raw(guardian), Signal::SIGSTOP).unwrap();
+    wait_until("the guardian to stop", WAIT, || {
+        proc_state(guardian) == Some('T')
+    });
     let (code, _) = arb.stop_with(Signal::SIGKILL, WAIT);
     assert_eq!(code, 128 + 9);
     wait_until("every worker to die", Duration::from_secs(5), || {
         pids.iter().all(|&p| !alive(p))
     });
+    // The stopped guardian is this test's to end.
+    kill(Pid::from_raw(guardian), Signal::SIGKILL).unwrap();
+    wait_until("the guardian to die", WAIT, || !alive(guardian));
 }
 
 /// Known limitation (README, "Nothing outlives arborist"): a process that left its worker's

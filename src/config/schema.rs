@@ -17,6 +17,9 @@ pub struct TreeSpec {
     pub control_socket: Option<PathBuf>,
     /// Where to serve `/healthz` and `/metrics` over HTTP; off when None.
     pub health_addr: Option<SocketAddr>,
+    /// Should arborist die, how long the guardian lets workers stop after their stop signal
+    /// before it SIGKILLs them.
+    pub guardian_grace: Duration,
     pub root: GroupSpec,
 }
 
@@ -238,6 +241,7 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 5;
 pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_READY_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_GUARDIAN_GRACE: Duration = Duration::from_secs(2);
 
 /// Renders a node path: names joined with `/`, the root shown as `(root)`.
 pub fn display_path(path: &str) -> &str {

@@ -3,13 +3,15 @@
 //!
 //! This is the only place that waits for children: on every SIGCHLD it reaps every exited
 //! child with `waitpid(-1, WNOHANG)` and hands each status to its owner (see `registry`);
-//! a child nobody owns is an adopted orphan and is simply let go. There is no second reaper
+//! a child nobody owns is an adopted orphan and is simply let go, except the guardian, whose
+//! death `guardian::reaped` logs and acts on. There is no second reaper
 //! (tokio's process driver is not used), so no exit status can be stolen.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::OnceLock;
 
+use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Notify};
 
@@ -59,13 +61,32 @@ pub fn reap_orphans() -> usize {
         if pid <= 0 {
             break; // none exited (0) or no children at all (ECHILD)
         }
-        if registry::reaped(pid, ExitStatus::from_raw(raw)) == Reaped::Orphan {
+        let status = ExitStatus::from_raw(raw);
+        // The guardian is nobody's `Child`: its death is acted on there.
+        if super::guardian::reaped(pid, &status) {
+            continue;
+        }
+        if registry::reaped(pid, status) == Reaped::Orphan {
             tracing::debug!(pid, "reaped adopted orphan");
             orphans += 1;
         }
     }
     registry::forget_kept();
     orphans
+}
+
+/// "exit status 3", "signal SIGTERM".
+pub fn describe(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit status {code}")
+    } else if let Some(sig) = status.signal() {
+        match Signal::try_from(sig) {
+            Ok(s) => format!("signal {}", s.as_str()),
+            Err(_) => format!("signal {sig}"),
+        }
+    } else {
+        format!("{status}")
+    }
 }
 
 /// Live children of arborist that it did not spawn itself: descendants of workers that were

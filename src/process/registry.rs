@@ -3,15 +3,16 @@
 //!   The reaper (`reap`) delivers to these and treats any other exited child as an adopted
 //!   orphan. A child that exits before its spawn registered it has its status *kept* here
 //!   until the spawn does.
-//! - *live groups*: process groups of workers that may still have members; a forced kill
-//!   SIGKILLs each, and the guardian mirrors the set.
+//! - *live groups*: process groups of workers that may still have members, each with the
+//!   signal that stops it; a forced kill SIGKILLs each, and the guardian mirrors the set.
 //!
 //! The mutexes are taken briefly by the runtime thread and the spawner threads.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitStatus;
 use std::sync::Mutex;
 
+use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
 use super::guardian;
@@ -27,7 +28,7 @@ static CHILDREN: Mutex<Children> = Mutex::new(Children {
     owned: None,
     kept: Vec::new(),
 });
-static GROUPS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+static GROUPS: Mutex<BTreeMap<i32, Signal>> = Mutex::new(BTreeMap::new());
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave a table half-updated; keep using it.
@@ -97,18 +98,22 @@ pub fn forget_kept() {
     }
 }
 
-/// A worker's group, live until `remove_group`. The guardian has it already: the worker
-/// told it before exec.
-pub fn add_group(pgid: i32) {
-    lock(&GROUPS).insert(pgid);
+/// A worker's group and its stop signal, live until `remove_group`. The guardian has it
+/// already: the worker told it before exec (or `spawn` tells it now).
+pub fn add_group(pgid: i32, stop_signal: Signal) {
+    lock(&GROUPS).insert(pgid, stop_signal);
 }
 
 pub fn remove_group(pgid: i32) {
-    if lock(&GROUPS).remove(&pgid) {
+    // Released before the guardian is told: `guardian::register_all` reads the groups while
+    // it holds the guardian's queue.
+    let removed = lock(&GROUPS).remove(&pgid).is_some();
+    if removed {
         guardian::forget(pgid);
     }
 }
 
-pub fn live_groups() -> Vec<i32> {
-    lock(&GROUPS).iter().copied().collect()
+/// Every live group with its stop signal.
+pub fn live_groups() -> Vec<(i32, Signal)> {
+    lock(&GROUPS).iter().map(|(&g, &s)| (g, s)).collect()
 }

@@ -1,7 +1,8 @@
 //! Starting child processes. Every child gets its own session and process group (so a signal
-//! reaches its grandchildren too, and no other worker can join its group), `PR_SET_PDEATHSIG=SIGKILL` (so it dies if arborist is SIGKILLed), the
-//! RLIMIT_NOFILE soft limit arborist started with, default signal dispositions and an empty
-//! signal mask.
+//! reaches its grandchildren too, and no other worker can join its group), a parent-death
+//! signal (so it ends if arborist is SIGKILLed: its stop signal when the guardian knows its
+//! group, which then SIGKILLs it after a grace, else SIGKILL), the RLIMIT_NOFILE soft limit
+//! arborist started with, default signal dispositions and an empty signal mask.
 //!
 //! Why not `std`/`tokio::process::Command`: steps between fork and exec (PDEATHSIG, the
 //! rlimit) force std onto `fork(2)`, which copies arborist's page tables for every child and
@@ -23,10 +24,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
 use tokio::sync::oneshot;
 
@@ -54,6 +56,9 @@ pub struct Launch {
     pub uid: Option<Uid>,
     pub gid: Option<Gid>,
     pub output: Output,
+    /// What the guardian sends the child's group first should arborist die (SIGKILL follows
+    /// after the grace); also the child's parent-death signal while the guardian knows it.
+    pub stop_signal: Signal,
 }
 
 /// Where a child's stdout and stderr go.
@@ -202,6 +207,7 @@ struct Image {
     /// The child's pipe ends, closed in the parent once the child has exec'd.
     _writers: [Option<OwnedFd>; 2],
     nofile: Option<libc::rlimit>,
+    stop_signal: Signal,
 }
 
 /// What the child reads and writes while it borrows the parent's memory.
@@ -219,6 +225,9 @@ struct Shared {
     parent: libc::pid_t,
     /// The guardian's pipe (-1: none), told of the child's group before exec.
     guardian: RawFd,
+    stop_signal: libc::c_int,
+    /// Set by the child when its whole `+PGID SIG` line went into the pipe.
+    told: AtomicBool,
     /// errno of the step that failed, and which step it was ([`STEPS`]), written by the
     /// child before `_exit`.
     error: AtomicI32,
@@ -299,6 +308,7 @@ impl Image {
                 rlim_cur: soft as libc::rlim_t,
                 rlim_max: hard as libc::rlim_t,
             }),
+            stop_signal: launch.stop_signal,
         })
     }
 
@@ -311,6 +321,8 @@ impl Image {
         };
         let argv = pointers(&self.argv);
         let env = pointers(&self.env);
+        // Read before the pipe's descriptor: see the re-send below.
+        let generation = super::guardian::generation();
         let shared = Shared {
             program: self.program.as_ptr(),
             argv: argv.as_ptr(),
@@ -323,6 +335,8 @@ impl Image {
             nofile: self.nofile,
             parent: std::process::id() as libc::pid_t,
             guardian: super::guardian::pipe_fd(),
+            stop_signal: self.stop_signal as libc::c_int,
+            told: AtomicBool::new(false),
             error: AtomicI32::new(0),
             step: AtomicI32::new(0),
         };
@@ -347,7 +361,14 @@ impl Image {
             let (deliver, exit) = oneshot::channel();
             registry::own(pid, ticket, deliver);
             // The caller removes it once the group is empty.
-            registry::add_group(pid);
+            registry::add_group(pid, self.stop_signal);
+            // The child could not tell the guardian (none, or its pipe full or broken), or
+            // told one that has been replaced since: the current one hears it from here. A
+            // guardian put in place after this check reads the group from the registry
+            // (`guardian::register_all`), so one of the two always tells it.
+            if !shared.told.load(Ordering::SeqCst) || super::guardian::changed_since(generation) {
+                super::guardian::remember(pid, self.stop_signal);
+            }
             let [stdout, stderr] = std::mem::take(&mut self.readers);
             Child {
                 pid,
@@ -470,20 +491,28 @@ fn clone_vfork(shared: &Shared) -> io::Result<i32> {
     })
 }
 
+/// The guardian's line for a new group, `+PGID SIG\n`, built without allocating (the child
+/// may not allocate): at most 16 bytes, in one write.
+fn group_line(pgid: libc::pid_t, stop_signal: libc::c_int, buf: &mut [u8; 16]) -> usize {
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[len..len + bytes.len()].copy_from_slice(bytes);
+        len += bytes.len();
+    };
+    put(b"+");
+    put(itoa::Buffer::new().format(pgid).as_bytes());
+    put(b" ");
+    // Signal numbers are below 65: two digits.
+    put(itoa::Buffer::new()
+        .format(stop_signal.clamp(0, 99))
+        .as_bytes());
+    put(b"\n");
+    len
+}
+
 /// The child between clone and exec. It shares arborist's memory and the forking thread's
 /// TLS, so it makes only system calls; identity changes go through raw `syscall(2)`, because
 /// glibc's `setuid` would try to signal arborist's other threads.
-/// The guardian's line for a new group, `+PGID\n`, built without allocating (the child may
-/// not allocate): at most 13 bytes, in one write.
-fn group_line(pgid: libc::pid_t, buf: &mut [u8; 16]) -> usize {
-    let mut digits = itoa::Buffer::new();
-    let number = digits.format(pgid).as_bytes();
-    buf[0] = b'+';
-    buf[1..=number.len()].copy_from_slice(number);
-    buf[number.len() + 1] = b'\n';
-    number.len() + 2
-}
-
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `Shared` of `clone_vfork`, alive while we run.
     let s = unsafe { &*(arg as *const Shared) };
@@ -501,13 +530,23 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // The guardian learns of this group now, before the program runs: told by arborist
         // after the spawn, it could miss grandchildren forked meanwhile if arborist were
         // SIGKILLed then (the spawner thread may wait a while for a CPU). One write of at
-        // most PIPE_BUF bytes, so it cannot interleave with arborist's. SIGPIPE is still
-        // ignored here (arborist's disposition), so a gone guardian only fails the write.
+        // most PIPE_BUF bytes, so it cannot interleave with arborist's.
+        let mut told = false;
         if s.guardian >= 0 {
             let mut line = [0u8; 16];
-            let len = group_line(libc::getpid(), &mut line);
-            libc::write(s.guardian, line.as_ptr().cast(), len);
+            let len = group_line(libc::getpid(), s.stop_signal, &mut line);
+            told = libc::write(s.guardian, line.as_ptr().cast(), len) == len as isize;
+            // A write to a pipe whose guardian died raises SIGPIPE at this thread. Every
+            // signal is blocked here, and the kernel never discards a *blocked* signal as
+            // ignored (its disposition may change before it is unblocked): it stays pending,
+            // and once the loop below gave SIGPIPE its default disposition back and the mask
+            // is cleared, it would kill the child before exec. Setting SIG_IGN discards a
+            // pending SIGPIPE (POSIX); the loop then restores the default for the program.
+            let mut ign: libc::sigaction = std::mem::zeroed();
+            ign.sa_sigaction = libc::SIG_IGN;
+            libc::sigaction(libc::SIGPIPE, &ign, std::ptr::null_mut());
         }
+        s.told.store(told, Ordering::SeqCst);
         for sig in 1..65 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
@@ -564,16 +603,13 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 }
             }
         }
-        // After the identity change, which would clear PDEATHSIG.
+        // After the identity change, which would clear PDEATHSIG. When the guardian knows
+        // the group, arborist's death brings the stop signal (the guardian sends it to the
+        // whole group too, then SIGKILL after its grace): a SIGKILL here would end a
+        // database before it could flush. Otherwise SIGKILL, the only end it would get.
         step(4);
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
-        {
+        let deathsig = if told { s.stop_signal } else { libc::SIGKILL };
+        if libc::prctl(libc::PR_SET_PDEATHSIG, deathsig as libc::c_ulong, 0, 0, 0) != 0 {
             fail();
         }
         // arborist died before prctl: the signal will never come.
@@ -598,12 +634,12 @@ mod tests {
     #[test]
     fn group_lines_are_what_the_guardian_reads() {
         let mut buf = [0u8; 16];
-        for (pid, want) in [
-            (1, "+1\n"),
-            (4194304, "+4194304\n"),
-            (i32::MAX, "+2147483647\n"),
+        for (pid, sig, want) in [
+            (1, 15, "+1 15\n"),
+            (4194304, 9, "+4194304 9\n"),
+            (i32::MAX, 64, "+2147483647 64\n"),
         ] {
-            let len = super::group_line(pid, &mut buf);
+            let len = super::group_line(pid, sig, &mut buf);
             assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), want);
         }
     }

@@ -43,6 +43,8 @@ async fn attempt(spec: &ReadySpec, env: &ProbeEnv<'_>) -> bool {
                 uid: None,
                 gid: None,
                 output: spawn::Output::Null,
+                // A probe has nothing to save.
+                stop_signal: Signal::SIGKILL,
             };
             let mut child = match spawn::spawn(launch).await {
                 Ok(c) => c,

@@ -472,6 +472,9 @@ impl Reloads {
         if new.control_socket != spec.control_socket {
             warn!("control_socket changed: the new path takes effect at the next start");
         }
+        if new.guardian_grace != spec.guardian_grace {
+            warn!("guardian_grace changed: the new grace takes effect at the next start");
+        }
         let summary = diff::summarize(&spec.root, &new.root);
         if summary.is_empty() {
             info!("reload: no changes");
@@ -480,6 +483,7 @@ impl Reloads {
         }
         *spec = TreeSpec {
             control_socket: spec.control_socket.clone(),
+            guardian_grace: spec.guardian_grace,
             ..new
         };
         crate::secrets::learn(spec);
@@ -608,7 +612,7 @@ async fn stop_strays(
 }
 
 fn kill_everything() {
-    for pgid in registry::live_groups() {
+    for (pgid, _) in registry::live_groups() {
         group::signal_group(pgid, Signal::SIGKILL);
     }
     for pid in reap::adopted_children() {

@@ -8,7 +8,6 @@
 //! arrive while the worker stops on its own account (a watchdog, leftovers of an exited
 //! leader), so no stop sequence outlives the deadline of the stop that preempts it.
 
-use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +24,7 @@ use crate::config::{LogMode, ReadyCheck, WorkerSpec};
 use crate::notify::workers::{self as notify, Notice};
 use crate::process::adopted;
 use crate::process::group::{group_alive, signal_group, wait_gone, Target};
+use crate::process::reap::describe;
 use crate::process::registry;
 use crate::process::spawn::{self, Child, Launch, Output};
 use crate::report::{millis, NodeType, StopOutcome, StopRecord};
@@ -167,6 +167,7 @@ impl WorkerRun {
                 LogMode::Capture => Output::Capture,
                 LogMode::Inherit => Output::Inherit,
             },
+            stop_signal: spec.stop_signal,
         };
         let started = Instant::now();
         let mut child = match spawn::spawn(launch).await {
@@ -523,6 +524,8 @@ impl WorkerRun {
                 LogMode::Capture => Output::Capture,
                 LogMode::Inherit => Output::Inherit,
             },
+            // Part of the worker's stop: it ends the same way.
+            stop_signal: self.spec.stop_signal,
         };
         let mut child = match spawn::spawn(launch).await {
             Ok(c) => c,
@@ -566,20 +569,6 @@ async fn next_notice(notices: &mut Option<mpsc::UnboundedReceiver<Notice>>) -> O
     match notices {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// "exit status 3", "signal SIGTERM".
-pub(crate) fn describe(status: &ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        format!("exit status {code}")
-    } else if let Some(sig) = status.signal() {
-        match Signal::try_from(sig) {
-            Ok(s) => format!("signal {}", s.as_str()),
-            Err(_) => format!("signal {sig}"),
-        }
-    } else {
-        format!("{status}")
     }
 }
 

@@ -25,7 +25,7 @@ const GROUP_KEYS: &[&str] = &[
     "start_concurrency",
     "depends_on",
 ];
-const ROOT_ONLY_KEYS: &[&str] = &["control_socket", "health_addr"];
+const ROOT_ONLY_KEYS: &[&str] = &["control_socket", "health_addr", "guardian_grace"];
 const WORKER_KEYS: &[&str] = &[
     "command",
     "shell",
@@ -171,12 +171,18 @@ pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
     };
     let root = v.root(&value);
     if v.errors.is_empty() {
-        let (root, control_socket, health_addr) = root.expect("a root without errors");
+        let Root {
+            group,
+            control_socket,
+            health_addr,
+            guardian_grace,
+        } = root.expect("a root without errors");
         Ok(TreeSpec {
             source: source.to_path_buf(),
             control_socket,
             health_addr,
-            root,
+            guardian_grace,
+            root: group,
         })
     } else {
         // Errors in document order read best.
@@ -184,6 +190,14 @@ pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
             .sort_by_key(|e| e.pos.map(|p| (p.line, p.col)).unwrap_or((usize::MAX, 0)));
         Err(v.errors)
     }
+}
+
+/// The root group and the keys only the root carries.
+struct Root {
+    group: GroupSpec,
+    control_socket: Option<PathBuf>,
+    health_addr: Option<SocketAddr>,
+    guardian_grace: Duration,
 }
 
 struct Validator<'t> {
@@ -249,7 +263,7 @@ impl Validator<'_> {
         self.push(pos, at.node, message);
     }
 
-    fn root(&mut self, value: &Value) -> Option<(GroupSpec, Option<PathBuf>, Option<SocketAddr>)> {
+    fn root(&mut self, value: &Value) -> Option<Root> {
         let at = At {
             yaml: vec![],
             node: "",
@@ -275,6 +289,10 @@ impl Validator<'_> {
         let health_addr = map
             .get("health_addr")
             .and_then(|v| self.socket_addr(v, &at.key("health_addr")));
+        // Zero is allowed: stop signals, then SIGKILL at once.
+        let guardian_grace = self
+            .duration_key(map, &at, "guardian_grace", false)
+            .unwrap_or(DEFAULT_GUARDIAN_GRACE);
         if map.contains_key("depends_on") {
             self.bad_key(
                 &at.key("depends_on"),
@@ -282,7 +300,12 @@ impl Validator<'_> {
             );
         }
         let group = self.group(map, &at, "", DEFAULT_ROOT_SHUTDOWN_TIMEOUT, true);
-        group.map(|g| (g, control_socket, health_addr))
+        group.map(|group| Root {
+            group,
+            control_socket,
+            health_addr,
+            guardian_grace,
+        })
     }
 
     /// An IP address and port to listen on, e.g. `127.0.0.1:9090` or `[::]:9090`. Host names
