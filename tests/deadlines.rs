@@ -502,6 +502,10 @@ fn sigterm_while_a_readiness_probe_hangs_exits_within_the_root_deadline() {
     wait_until("a probe attempt to be running", WAIT, || {
         !pids(&run.fx, "probe.pids").is_empty()
     });
+    // `starting` is shown from the spawn on: the worker may not have written its pid yet.
+    wait_until("probed to have written its pid", WAIT, || {
+        !pids(&run.fx, "probed.pids").is_empty()
+    });
 
     let (code, took) = run.sigterm();
     run.assert_deadline_kept(code, took, &["w.pids", "probed.pids", "probe.pids"]);

@@ -350,13 +350,14 @@ impl Group {
     pub(super) fn strategy_progress(&mut self) {
         let mut i = 0;
         while i < self.restarts.len() {
+            // A reload may have cut the table since: indexes past its end are gone.
             let busy = self.restarts[i].slots.iter().any(|&s| {
                 matches!(
-                    self.slots[s].state,
-                    SlotState::Stopping {
+                    self.slots.get(s).map(|slot| &slot.state),
+                    Some(SlotState::Stopping {
                         asker: Asker::Strategy,
                         ..
-                    }
+                    })
                 )
             });
             if busy {
@@ -365,9 +366,11 @@ impl Group {
             }
             let r = self.restarts.swap_remove(i);
             for &s in &r.slots {
-                let SlotState::Parked { delay } = self.slots[s].state else {
+                let Some(SlotState::Parked { delay }) = self.slots.get(s).map(|slot| &slot.state)
+                else {
                     continue; // taken over meanwhile (an operator, a reload)
                 };
+                let delay = *delay;
                 let never = matches!(
                     &self.spec.children[self.slots[s].node].kind,
                     NodeKind::Worker(w) if w.restart == RestartPolicy::Never
