@@ -104,7 +104,30 @@ fn worker_line(w: &WorkerSpec) -> String {
     if let Some(u) = &w.user {
         let _ = write!(s, " user={}", u.name);
     }
+    if !w.limits.is_empty() {
+        let mut parts = Vec::new();
+        if let Some(m) = w.limits.memory {
+            parts.push(format!("memory {}", bytes(m)));
+        }
+        if let Some(c) = w.limits.cpu {
+            parts.push(format!("cpu {c}"));
+        }
+        if let Some(p) = w.limits.pids {
+            parts.push(format!("pids {p}"));
+        }
+        let _ = write!(s, " limits=({})", parts.join(", "));
+    }
     s
+}
+
+/// A byte count in the largest binary unit that divides it exactly (536870912 → 512MiB).
+fn bytes(n: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n}B")
 }
 
 /// First line of a script, shortened: the tree view is an overview, the file has the rest.

@@ -254,6 +254,7 @@ mod tests {
                 watchdog: None,
                 critical: false,
                 logs: LogMode::Capture,
+                limits: Default::default(),
             })),
         }
     }

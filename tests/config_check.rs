@@ -826,3 +826,85 @@ children:
         assert_eq!(code(&o), 0, "guardian_grace: {grace}: {}", err(&o));
     }
 }
+
+#[test]
+fn limits_values_are_checked_where_they_are_written() {
+    let fx = fixture(
+        r#"
+children:
+  a:
+    shell: "true"
+    limits: {memory: 512XB, cpu: 0, pids: 0}
+  b:
+    shell: "true"
+    limits: {memory: 512, cpu: "1.5", pids: 5000000}
+  c:
+    shell: "true"
+    limits: {memroy: 1G}
+  d:
+    shell: "true"
+    limits: 512MiB
+  e:
+    shell: "true"
+    limits:
+      memory: 99999999T
+      cpu: .nan
+"#,
+    );
+    assert_errors(
+        &fx,
+        &[
+            "4:22: a: invalid memory size '512XB': unknown unit 'XB' (use B, K or KiB",
+            "4:34: a: cpu must be a number of CPUs from 0.01 to 10000 (e.g. 1.5), found 0",
+            "4:43: a: pids must be a whole number from 1 to 4194304",
+            "7:22: b: memory '512' is 512 bytes, below the 1MiB minimum (a size without a unit is in bytes",
+            "7:32: b: cpu must be a number of CPUs from 0.01 to 10000 (e.g. 1.5), found '1.5'",
+            "7:45: b: pids must be a whole number from 1 to 4194304 (the kernel's largest pid count), found 5000000",
+            "10:14: c: unknown key 'memroy' (did you mean 'memory'?)",
+            "13:13: d: `limits` must be a mapping such as {memory: 512MiB, cpu: 1.5, pids: 256}, found a string",
+            "17:15: e: invalid memory size '99999999T': too large",
+            "18:12: e: cpu must be a number of CPUs from 0.01 to 10000",
+        ],
+    );
+}
+
+#[test]
+fn limits_are_accepted_and_shown_in_binary_units() {
+    let fx = fixture(
+        r#"
+children:
+  a:
+    shell: "true"
+    limits: {memory: 512MiB, cpu: 1.5, pids: 256}
+  b:
+    shell: "true"
+    limits: {memory: 1.5G}
+  c:
+    shell: "true"
+    limits: {memory: 1GB, cpu: 2}
+  d:
+    shell: "true"
+    limits: {}
+"#,
+    );
+    let o = fx.check(&[]);
+    let stdout = out(&o);
+    assert_eq!(code(&o), 0, "stdout:\n{stdout}\nstderr:\n{}", err(&o));
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!("─ {name}  worker")))
+            .unwrap_or_else(|| panic!("no row for {name} in:\n{stdout}"))
+            .to_string()
+    };
+    assert!(
+        row("a").ends_with(" limits=(memory 512MiB, cpu 1.5, pids 256)"),
+        "{stdout}"
+    );
+    assert!(row("b").ends_with(" limits=(memory 1536MiB)"), "{stdout}");
+    assert!(
+        row("c").ends_with(" limits=(memory 1000000000B, cpu 2)"),
+        "{stdout}"
+    );
+    assert!(!row("d").contains("limits"), "{stdout}");
+}

@@ -49,6 +49,11 @@ const KEYS: &[&str] = &[
     "watchdog",
     "critical",
     "logs",
+    "limits",
+    "memory",
+    "cpu",
+    "pids",
+    "memroy",
     "initial",
     "max",
     "factor",
@@ -132,6 +137,13 @@ const STRINGS: &[&str] = &[
     "true",
     "null",
     "~",
+    "512MiB",
+    "1.5G",
+    "64KB",
+    "1023KiB",
+    "16777216T",
+    "1e9",
+    "0.005",
 ];
 
 #[derive(Debug, Arbitrary)]

@@ -82,7 +82,37 @@ pub struct WorkerSpec {
     pub watchdog: Option<Duration>,
     pub critical: bool,
     pub logs: LogMode,
+    pub limits: Limits,
 }
+
+/// A worker's resource limits, applied to each run's cgroup (`memory.max`, `cpu.max`,
+/// `pids.max`); `None` leaves that resource unlimited. Only cgroup v2 with the controllers
+/// delegated can apply them: elsewhere a worker with limits is refused, never run unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Bytes of memory (`memory.max`).
+    pub memory: Option<u64>,
+    /// CPUs' worth of time per period (`cpu.max`); 1.5 is one and a half CPUs.
+    pub cpu: Option<f64>,
+    /// Processes and threads (`pids.max`).
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+}
+
+/// Smallest `limits.cpu`: the kernel refuses a `cpu.max` quota under 1 ms per 100 ms period.
+pub const MIN_CPU_LIMIT: f64 = 0.01;
+/// Largest `limits.cpu`: more CPUs than any machine has, far inside the kernel's quota range.
+pub const MAX_CPU_LIMIT: f64 = 10_000.0;
+/// Largest `limits.pids`: `pids.max` takes at most the kernel's PID_MAX_LIMIT (2^22).
+pub const MAX_PIDS_LIMIT: u64 = 1 << 22;
+/// Smallest `limits.memory`: less is almost surely a size written without its unit
+/// (`memory: 512` is 512 bytes), and would only get the worker OOM-killed at once.
+pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 
 /// A user or group name as written, with the id it resolved to when the config was loaded.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_yaml::{Mapping, Value};
 
+mod limits;
 mod values;
 
 use super::error::ConfigError;
@@ -43,6 +44,7 @@ const WORKER_KEYS: &[&str] = &[
     "watchdog",
     "critical",
     "logs",
+    "limits",
     "depends_on",
 ];
 
@@ -647,6 +649,10 @@ impl Validator<'_> {
                 &[("capture", LogMode::Capture), ("inherit", LogMode::Inherit)],
             )
             .unwrap_or(LogMode::Capture);
+        let limits = map
+            .get("limits")
+            .and_then(|v| self.limits(v, &at.key("limits")))
+            .unwrap_or_default();
         if self.errors.len() != errors_before {
             return None;
         }
@@ -666,6 +672,7 @@ impl Validator<'_> {
             watchdog,
             critical,
             logs,
+            limits,
         })
     }
 
