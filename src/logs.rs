@@ -328,12 +328,7 @@ pub async fn capture(
     if over {
         // What the run wrote before it ended, bounded: a stray writer cannot keep it going.
         for s in &mut streams {
-            for _ in 0..FINAL_TURNS {
-                if !has_data(&s.pipe) {
-                    break;
-                }
-                drain(s, &path);
-            }
+            final_drain(s, &path);
             retire(s.pipe.take());
         }
     }
@@ -345,16 +340,28 @@ pub async fn capture(
 /// How many budgets of output a finished run may still have read from its pipes.
 const FINAL_TURNS: usize = 64;
 
-/// Whether a read would return something now.
-fn has_data(pipe: &Option<pipe::Receiver>) -> bool {
-    let Some(p) = pipe else { return false };
-    let mut fds = [nix::poll::PollFd::new(
-        std::os::fd::AsFd::as_fd(p),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+/// Reads what a finished run left in a pipe, with plain non-blocking reads: tokio's
+/// `try_read` answers WouldBlock until the reactor has seen the pipe readable, which it may
+/// not have yet for a run that wrote and exited at once.
+fn final_drain(stream: &mut Stream, path: &str) {
+    for _ in 0..FINAL_TURNS {
+        let Some(pipe) = &stream.pipe else { return };
+        let result = SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            let n = READ_BUDGET.min(buf.len());
+            let r = nix::unistd::read(pipe, &mut buf[..n]);
+            if let Ok(n) = r {
+                split_lines(&buf[..n], &mut stream.partial, path, stream.name);
+            }
+            r
+        });
+        match result {
+            Ok(0) => return,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }
-
 async fn readable(pipe: &Option<pipe::Receiver>) -> std::io::Result<()> {
     match pipe {
         Some(p) => p.readable().await,

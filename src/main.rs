@@ -105,6 +105,12 @@ fn check(
         }
     };
     print!("{}", check::render_tree(&tree));
+    // What `run` would do here: checked now, said now (a tree checked on another machine may
+    // run elsewhere, so a refusal is a warning here and an error at `run`).
+    match arborist::process::owned::preview(&tree) {
+        Ok(line) => println!("process ownership here: {line}"),
+        Err(e) => println!("process ownership here: warning: `run` would refuse this tree: {e}"),
+    }
     let mut code = ExitCode::SUCCESS;
     if plan || budget.is_some() {
         let (text, worst) = check::render_plan(&tree);
@@ -187,6 +193,19 @@ fn run(
                 return 1;
             }
         };
+        // How workers' processes are owned: cgroup v2 where it can be had, else process
+        // groups. A tree that cannot run here (limits without cgroups) is a usage error.
+        let ownership = match process::owned::Ownership::detect(&tree) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("arborist: {e}; nothing was started");
+                return i32::from(EXIT_USAGE);
+            }
+        };
+        tracing::info!(mode = ownership.mode().as_str(), "process ownership: {}", ownership.describe());
+        if let Some(c) = &ownership.cgroups {
+            process::owned::clean_leftovers(c).await;
+        }
         // Before anything starts: a second daemon on the same socket must not start at all.
         let (listener, socket_guard) = match control::server::bind(&socket) {
             Ok((l, g)) => (Some(l), Some(g)),
@@ -264,6 +283,7 @@ fn run(
             config: tree.source.display().to_string(),
             started: tokio::time::Instant::now(),
             state: state_rx,
+            ownership: ownership.mode(),
         });
         let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
         if let Some(listener) = listener {
@@ -294,8 +314,12 @@ fn run(
             started: daemon.started,
             daemon_state: state_tx,
             options,
+            cgroups: ownership.cgroups.clone(),
         })
         .await;
+        if let Some(c) = &ownership.cgroups {
+            c.hierarchy.remove_workers_dir();
+        }
         drop(socket_guard);
         code
     });

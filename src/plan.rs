@@ -285,6 +285,7 @@ mod tests {
             control_socket: None,
             health_addr: None,
             guardian_grace: crate::config::schema::DEFAULT_GUARDIAN_GRACE,
+            ownership: Default::default(),
             root: group_spec(timeout, children),
         }
     }

@@ -561,17 +561,20 @@ children:
     wait_until("the guardian to die", WAIT, || !alive(guardian));
 }
 
-/// Known limitation (README, "Nothing outlives arborist"): a process that left its worker's
-/// process group and was re-parented to arborist is not known to the guardian, so it
-/// survives a SIGKILL of arborist outside a PID namespace or cgroup. Kept to document it.
+/// In cgroup mode the guardian knows every worker run's cgroup: a process that left its
+/// worker's process group and session still dies when arborist is SIGKILLed. (The
+/// process-group fallback cannot do this: README, "what the fallback cannot do".)
 #[test]
-#[ignore = "known limitation: adopted setsid processes survive a SIGKILLed arborist without a PID namespace or cgroup"]
-fn adopted_grandchild_dies_when_arborist_is_sigkilled() {
+fn in_cgroup_mode_an_adopted_grandchild_dies_when_arborist_is_sigkilled() {
     // "Nothing outlives it": a descendant that left its worker's process group is arborist's
     // child (subreaper), so it must not survive a SIGKILL of arborist either.
+    if !cgroup_mode_available() {
+        return;
+    }
     let fx = Fixture::new(
         r#"
 shutdown_timeout: 5s
+ownership: cgroup
 children:
   web:
     shell: "(setsid sh -c 'echo $$ > $DIR/gc.pid; exec sleep 1000' &); exec sleep 1000"

@@ -20,7 +20,22 @@ pub struct TreeSpec {
     /// Should arborist die, how long the guardian lets workers stop after their stop signal
     /// before it SIGKILLs them.
     pub guardian_grace: Duration,
+    /// How arborist owns its workers' processes (SPEC §3 "Ownership").
+    pub ownership: Ownership,
     pub root: GroupSpec,
+}
+
+/// How a worker's processes are owned: a cgroup v2 per run, or process groups and subreaper
+/// adoption (the fallback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ownership {
+    /// cgroup v2 where arborist's cgroup is writable, else the fallback (and say why).
+    #[default]
+    Auto,
+    /// cgroup v2 or refuse to start (exit 2, nothing started).
+    Cgroup,
+    /// The fallback even where cgroups would work.
+    ProcessGroups,
 }
 
 /// A named child of a group: a worker or a nested group.

@@ -61,8 +61,15 @@ pub fn print(request: &Request, reply: &Response, json: bool) -> u8 {
     }
     if let (Request::Status, Some(nodes)) = (request, &reply.nodes) {
         if let Some(d) = &reply.daemon {
+            let ownership = match d.ownership {
+                Some(crate::process::owned::Mode::Cgroup) => ", processes owned by cgroup",
+                Some(crate::process::owned::Mode::ProcessGroups) => {
+                    ", processes owned by process group"
+                }
+                None => "",
+            };
             println!(
-                "arborist {} (pid {}) {} for {}, config {}",
+                "arborist {} (pid {}) {} for {}, config {}{ownership}",
                 d.version,
                 d.pid,
                 d.state,

@@ -52,6 +52,9 @@ pub struct DaemonInfo {
     pub config: String,
     pub uptime_ms: u64,
     pub state: DaemonState,
+    /// `cgroup` or `process_groups` (SPEC §3 "Ownership").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<crate::process::owned::Mode>,
 }
 
 impl Response {

@@ -80,6 +80,8 @@ pub struct Daemon {
     pub config: String,
     pub started: Instant,
     pub state: watch::Receiver<DaemonState>,
+    /// How workers' processes are owned (cgroup mode or the fallback).
+    pub ownership: crate::process::owned::Mode,
 }
 
 pub async fn serve(
@@ -249,6 +251,7 @@ pub async fn status(board: &StatusBoard, daemon: &Daemon) -> Response {
             config: daemon.config.clone(),
             uptime_ms: crate::report::millis(daemon.started.elapsed()),
             state: *daemon.state.borrow(),
+            ownership: Some(daemon.ownership),
         }),
         ..Default::default()
     }

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod chores;
 pub mod group;
 pub mod guardian;
+pub mod owned;
 pub mod reap;
 pub mod registry;
 pub mod spawn;

@@ -113,6 +113,28 @@ pub fn remove_group(pgid: i32) {
     }
 }
 
+/// Worker runs' cgroups (cgroup mode), with their stop signals, until `remove_cgroup`; the
+/// guardian mirrors them.
+static CGROUPS: Mutex<BTreeMap<std::path::PathBuf, Signal>> = Mutex::new(BTreeMap::new());
+
+pub fn add_cgroup(dir: &std::path::Path, stop_signal: Signal) {
+    lock(&CGROUPS).insert(dir.to_path_buf(), stop_signal);
+    guardian::remember_cgroup(dir, stop_signal);
+}
+
+pub fn remove_cgroup(dir: &std::path::Path) {
+    if lock(&CGROUPS).remove(dir).is_some() {
+        guardian::forget_cgroup(dir);
+    }
+}
+
+pub fn live_cgroups() -> Vec<(std::path::PathBuf, Signal)> {
+    lock(&CGROUPS)
+        .iter()
+        .map(|(d, &s)| (d.clone(), s))
+        .collect()
+}
+
 /// Every live group with its stop signal.
 pub fn live_groups() -> Vec<(i32, Signal)> {
     lock(&GROUPS).iter().map(|(&g, &s)| (g, s)).collect()

@@ -59,6 +59,9 @@ pub struct Launch {
     /// What the guardian sends the child's group first should arborist die (SIGKILL follows
     /// after the grace); also the child's parent-death signal while the guardian knows it.
     pub stop_signal: Signal,
+    /// `cgroup.procs` of the run's cgroup (cgroup mode): the child writes itself there
+    /// before anything else. The caller keeps it open until `spawn` returns.
+    pub cgroup_procs: Option<RawFd>,
 }
 
 /// Where a child's stdout and stderr go.
@@ -208,6 +211,7 @@ struct Image {
     _writers: [Option<OwnedFd>; 2],
     nofile: Option<libc::rlimit>,
     stop_signal: Signal,
+    cgroup_procs: RawFd,
 }
 
 /// What the child reads and writes while it borrows the parent's memory.
@@ -226,6 +230,8 @@ struct Shared {
     /// The guardian's pipe (-1: none), told of the child's group before exec.
     guardian: RawFd,
     stop_signal: libc::c_int,
+    /// The run cgroup's `cgroup.procs` (-1: none).
+    cgroup_procs: RawFd,
     /// Set by the child when its whole `+PGID SIG` line went into the pipe.
     told: AtomicBool,
     /// errno of the step that failed, and which step it was ([`STEPS`]), written by the
@@ -235,7 +241,8 @@ struct Shared {
 }
 
 /// The child's steps, for the error message of a failed spawn.
-const STEPS: [&str; 6] = [
+const STEPS: [&str; 7] = [
+    "joining its cgroup",
     "starting its own session",
     "redirecting stdin/stdout/stderr",
     "changing to its working directory",
@@ -309,6 +316,7 @@ impl Image {
                 rlim_max: hard as libc::rlim_t,
             }),
             stop_signal: launch.stop_signal,
+            cgroup_procs: launch.cgroup_procs.unwrap_or(-1),
         })
     }
 
@@ -336,6 +344,7 @@ impl Image {
             parent: std::process::id() as libc::pid_t,
             guardian: super::guardian::pipe_fd(),
             stop_signal: self.stop_signal as libc::c_int,
+            cgroup_procs: self.cgroup_procs,
             told: AtomicBool::new(false),
             error: AtomicI32::new(0),
             step: AtomicI32::new(0),
@@ -561,13 +570,19 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
         }
         let step = |n: i32| s.step.store(n, Ordering::SeqCst);
+        // Into the run's cgroup first, so everything it does happens there; and before
+        // the identity change (kernels before 5.16 check the writer's credentials).
+        if s.cgroup_procs >= 0 && libc::write(s.cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
+            fail();
+        }
+        step(1);
         // Its own session (and so its own process group): no other worker can join it,
         // since setpgid only moves a process within its session, and its notify senders
         // are placed by session.
         if libc::setsid() < 0 {
             fail();
         }
-        step(1);
+        step(2);
         let targets = [(Some(s.stdin), 0), (s.outputs[0], 1), (s.outputs[1], 2)];
         for (fd, target) in targets {
             let Some(fd) = fd else { continue };
@@ -580,11 +595,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 fail();
             }
         }
-        step(2);
+        step(3);
         if !s.cwd.is_null() && libc::chdir(s.cwd) != 0 {
             fail();
         }
-        step(3);
+        step(4);
         if s.uid.is_some() || s.gid.is_some() {
             // Supplementary groups go first, while we may still change them (as root).
             if libc::geteuid() == 0
@@ -607,7 +622,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // the group, arborist's death brings the stop signal (the guardian sends it to the
         // whole group too, then SIGKILL after its grace): a SIGKILL here would end a
         // database before it could flush. Otherwise SIGKILL, the only end it would get.
-        step(4);
+        step(5);
         let deathsig = if told { s.stop_signal } else { libc::SIGKILL };
         if libc::prctl(libc::PR_SET_PDEATHSIG, deathsig as libc::c_ulong, 0, 0, 0) != 0 {
             fail();
@@ -623,7 +638,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        step(5);
+        step(6);
         libc::execve(s.program, s.argv, s.env);
         fail()
     }

@@ -42,6 +42,8 @@ pub(crate) struct Ctx {
     /// The whole tree is stopping: the tree, not each worker, then stops the processes that
     /// left their workers' process groups (one scan instead of one per worker).
     pub shutting_down: AtomicBool,
+    /// cgroup mode's backend; None in the process-group fallback.
+    pub cgroups: Option<std::sync::Arc<crate::process::owned::Cgroups>>,
 }
 
 impl Ctx {

@@ -45,6 +45,7 @@ async fn attempt(spec: &ReadySpec, env: &ProbeEnv<'_>) -> bool {
                 output: spawn::Output::Null,
                 // A probe has nothing to save.
                 stop_signal: Signal::SIGKILL,
+                cgroup_procs: None,
             };
             let mut child = match spawn::spawn(launch).await {
                 Ok(c) => c,

@@ -54,6 +54,8 @@ pub struct Inputs {
     pub started: Instant,
     pub daemon_state: watch::Sender<DaemonState>,
     pub options: RunOptions,
+    /// cgroup mode's backend; None in the process-group fallback.
+    pub cgroups: Option<Arc<crate::process::owned::Cgroups>>,
 }
 
 /// How often the service manager's stop timeout is extended during a shutdown, and by how
@@ -81,6 +83,7 @@ pub async fn run(inputs: Inputs) -> i32 {
         started,
         daemon_state,
         options,
+        cgroups,
     } = inputs;
     let (tree_tx, mut tree_rx) = mpsc::unbounded_channel();
     let tracker = TaskTracker::new();
@@ -91,6 +94,7 @@ pub async fn run(inputs: Inputs) -> i32 {
         tree: tree_tx,
         sigkills: std::sync::atomic::AtomicU64::new(0),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
+        cgroups,
     });
     let root_token = CancellationToken::new();
     let (up_tx, mut up_rx) = mpsc::unbounded_channel();
@@ -475,6 +479,9 @@ impl Reloads {
         if new.guardian_grace != spec.guardian_grace {
             warn!("guardian_grace changed: the new grace takes effect at the next start");
         }
+        if new.ownership != spec.ownership {
+            warn!("ownership changed: the new mode takes effect at the next start");
+        }
         let summary = diff::summarize(&spec.root, &new.root);
         if summary.is_empty() {
             info!("reload: no changes");
@@ -484,6 +491,7 @@ impl Reloads {
         *spec = TreeSpec {
             control_socket: spec.control_socket.clone(),
             guardian_grace: spec.guardian_grace,
+            ownership: spec.ownership,
             ..new
         };
         crate::secrets::learn(spec);

@@ -23,15 +23,15 @@ use super::{Ctx, Deadline, Link, Outcome, StopRequest};
 use crate::config::{LogMode, ReadyCheck, WorkerSpec};
 use crate::notify::workers::{self as notify, Notice};
 use crate::process::adopted;
-use crate::process::group::{group_alive, signal_group, wait_gone, Target};
+use crate::process::group::{signal_group, wait_gone, Target};
+use crate::process::owned::{Mode, RunProcesses, KILL_GRACE};
 use crate::process::reap::describe;
 use crate::process::registry;
 use crate::process::spawn::{self, Child, Launch, Output};
 use crate::report::{millis, NodeType, StopOutcome, StopRecord};
 
-/// How long to wait for a SIGKILLed group to disappear before giving up on it (a process in
-/// uninterruptible sleep can take a while; arborist must not hang on it).
-const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Run numbers for cgroup names, unique for the life of this arborist.
+static NEXT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub(crate) struct WorkerRun {
     pub spec: Arc<WorkerSpec>,
@@ -48,6 +48,8 @@ pub(crate) struct WorkerRun {
     /// This run's marker (`ARBORIST_RUN`), set at spawn: how adopted processes that left
     /// its process group are attributed to it.
     pub marker: String,
+    /// What the run owns once spawned: its process group, its cgroup in cgroup mode.
+    pub owned: Option<RunProcesses>,
 }
 
 /// The deadline a stop sequence runs under: the asker's deadline capped by the worker's own
@@ -157,6 +159,31 @@ impl WorkerRun {
         };
         let argv = spec.program.argv();
         let program = argv[0].clone();
+        // cgroup mode: the run's cgroup exists (with its limits) before the child joins it.
+        let cgroup = match &self.ctx.cgroups {
+            Some(cgroups) => {
+                let run = NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match RunProcesses::prepare(
+                    cgroups,
+                    &self.path,
+                    run,
+                    Some(&spec.limits).filter(|l| !l.is_empty()),
+                ) {
+                    Ok(cg) => Some((cg, Arc::clone(cgroups))),
+                    Err(e) => {
+                        warn!(path = %self.path, "cannot create the run's cgroup: {e}");
+                        self.link.ended(Outcome {
+                            failed: true,
+                            spawn_error: true,
+                            exit: Some(format!("spawn failed: cannot create its cgroup: {e}")),
+                            ..Outcome::default()
+                        });
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
         let launch = Launch {
             argv,
             env,
@@ -168,11 +195,15 @@ impl WorkerRun {
                 LogMode::Inherit => Output::Inherit,
             },
             stop_signal: spec.stop_signal,
+            cgroup_procs: cgroup.as_ref().map(|(cg, _)| cg.procs_fd()),
         };
         let started = Instant::now();
         let mut child = match spawn::spawn(launch).await {
             Ok(child) => child,
             Err(e) => {
+                if let Some((cg, _)) = cgroup {
+                    let _ = cg.remove();
+                }
                 warn!(path = %self.path, "spawn failed: {program}: {e}");
                 self.link.ended(Outcome {
                     failed: true,
@@ -184,6 +215,7 @@ impl WorkerRun {
             }
         };
         let pid = child.id();
+        self.owned = Some(RunProcesses::new(pid, cgroup, spec.stop_signal));
         let notify_ready = matches!(&spec.ready, Some(r) if r.check == ReadyCheck::Notify);
         let mut notices = notify::register(pid, notify_ready || spec.watchdog.is_some());
         info!(path = %self.path, pid, "started");
@@ -243,6 +275,7 @@ impl WorkerRun {
                         None => Deadline::fixed(Instant::now() + spec.stop_timeout),
                     };
                     let record = Box::pin(self.stop(&mut child, pid, deadline)).await;
+                    self.forget_run();
                     self.link.stopped(vec![record]);
                     return;
                 }
@@ -306,7 +339,7 @@ impl WorkerRun {
         // The leader is gone; whatever it left in its process group, or adopted elsewhere,
         // goes with it before the run counts as ended (and may be restarted).
         let mut clock = self.own_clock();
-        let killed = if group_alive(pid) {
+        let killed = if self.run_alive() {
             Box::pin(self.terminate_group(pid, &mut clock, None))
                 .await
                 .1
@@ -316,13 +349,40 @@ impl WorkerRun {
         if killed {
             warn!(path = %self.path, "leftover processes ignored {}; killed", spec.stop_signal);
         }
-        registry::remove_group(pid);
+        let what = match self.oom_kills() {
+            0 => what,
+            n => format!("{what} (OOM: {n} process(es) killed at its memory limit)"),
+        };
+        self.forget_run();
         self.link.ended(Outcome {
             failed,
             ran_for,
             exit: Some(what),
             ..Outcome::default()
         });
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.owned.as_ref().map_or(0, RunProcesses::oom_kills)
+    }
+
+    /// Nothing of the run is left: forget its group, remove its cgroup.
+    fn forget_run(&mut self) {
+        if let Some(owned) = self.owned.take() {
+            owned.forget();
+        }
+    }
+
+    /// Whether anything of the run is alive.
+    fn run_alive(&self) -> bool {
+        self.owned.as_ref().is_some_and(RunProcesses::alive)
+    }
+
+    /// Sends `sig` to everything of the run.
+    fn signal_run(&self, sig: Signal) {
+        if let Some(owned) = &self.owned {
+            owned.signal(sig);
+        }
     }
 
     /// A clock for a stop the worker makes on its own account: its `stop_timeout`, unless
@@ -337,6 +397,7 @@ impl WorkerRun {
     async fn hung(&mut self, child: &mut Child, pid: i32, started: Instant, why: String) {
         let clock = self.own_clock();
         let record = self.stop_with(child, pid, clock).await;
+        self.forget_run();
         let exit = match &record.exit {
             Some(e) => format!("{why}; stopped ({e})"),
             None => format!("{why}; stopped"),
@@ -390,7 +451,6 @@ impl WorkerRun {
                 secs(dw.saturating_duration_since(begin))
             );
         }
-        registry::remove_group(pid);
         notify::unregister(pid);
         StopRecord {
             path: self.path.clone(),
@@ -417,10 +477,10 @@ impl WorkerRun {
     ) -> (Option<ExitStatus>, bool, Vec<u32>) {
         let sig = self.spec.stop_signal;
         if Instant::now() < clock.at() {
-            signal_group(pid, sig);
+            self.signal_run(sig);
             if sig != Signal::SIGKILL && sig != Signal::SIGCONT {
                 // A stopped process cannot act on the signal until it is continued.
-                signal_group(pid, Signal::SIGCONT);
+                self.signal_run(Signal::SIGCONT);
             }
         }
         let mut status = None;
@@ -437,14 +497,16 @@ impl WorkerRun {
         let until = clock.at();
         let gone = leader_done
             && tokio::select! {
-                gone = wait_gone(|| group_alive(pid), until, &mut events) => gone,
-                _ = clock.passed() => !group_alive(pid),
+                gone = self.run_wait_gone(until, &mut events) => gone,
+                _ = clock.passed() => !self.run_alive(),
             };
         if gone {
             let (adopted, killed) = self.sweep_adopted(clock).await;
             return (status, killed, adopted);
         }
-        signal_group(pid, Signal::SIGKILL);
+        if let Some(owned) = &self.owned {
+            owned.kill();
+        }
         self.ctx.note_sigkill();
         if let Some(child) = child {
             if status.is_none() {
@@ -454,12 +516,9 @@ impl WorkerRun {
                     .and_then(Result::ok);
             }
         }
-        if !wait_gone(
-            || group_alive(pid),
-            Instant::now() + KILL_GRACE,
-            &mut events,
-        )
-        .await
+        if !self
+            .run_wait_gone(Instant::now() + KILL_GRACE, &mut events)
+            .await
         {
             warn!(path = %self.path, pid, "process group still present {} after SIGKILL", secs(KILL_GRACE));
         }
@@ -467,12 +526,26 @@ impl WorkerRun {
         (status, true, adopted)
     }
 
+    /// Waits until nothing of the run is left, or `until`.
+    async fn run_wait_gone(
+        &self,
+        until: Instant,
+        events: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> bool {
+        match &self.owned {
+            Some(owned) => owned.wait_gone(until, events).await,
+            None => true,
+        }
+    }
+
     /// Stops, by the same clock, what of this run left its process group and was adopted by
     /// arborist (`process::adopted`): stop signal, then SIGKILL at the deadline. Returns their
     /// pids and whether SIGKILL was needed. During the tree's shutdown the tree does this
     /// once for every worker, after the root has stopped.
     async fn sweep_adopted(&self, clock: &mut StopClock) -> (Vec<u32>, bool) {
-        if self.ctx.shutting_down() || self.marker.is_empty() {
+        // In cgroup mode the run's cgroup already held every such process.
+        let cgroup_mode = self.owned.as_ref().map(RunProcesses::mode) == Some(Mode::Cgroup);
+        if cgroup_mode || self.ctx.shutting_down() || self.marker.is_empty() {
             return (Vec::new(), false);
         }
         let pids = adopted::of_run(&self.marker).await;
@@ -526,6 +599,7 @@ impl WorkerRun {
             },
             // Part of the worker's stop: it ends the same way.
             stop_signal: self.spec.stop_signal,
+            cgroup_procs: None,
         };
         let mut child = match spawn::spawn(launch).await {
             Ok(c) => c,

@@ -334,3 +334,24 @@ pub fn field<'a>(e: &'a serde_json::Map<String, serde_json::Value>, key: &str) -
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default()
 }
+
+/// Whether cgroup mode can run here (root, a writable cgroup v2 hierarchy). When it cannot,
+/// the test fails with the reason, unless ARBORIST_NO_CGROUP_TESTS=1 asks to skip (said on
+/// stderr): a cgroup test never passes silently.
+pub fn cgroup_mode_available() -> bool {
+    let fx = Fixture::new("ownership: cgroup\nchildren:\n  probe:\n    shell: \"true\"\n");
+    let out = std::process::Command::new(BIN)
+        .args(["run", fx.config().to_str().unwrap(), "--socket"])
+        .arg(fx.path("probe.sock"))
+        .output()
+        .expect("run arborist");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(2) && stderr.contains("cgroup mode is not available") {
+        if std::env::var_os("ARBORIST_NO_CGROUP_TESTS").is_some() {
+            eprintln!("SKIPPED (ARBORIST_NO_CGROUP_TESTS): {stderr}");
+            return false;
+        }
+        panic!("cgroup mode is not available here (run as root with a writable cgroup v2 hierarchy, or set ARBORIST_NO_CGROUP_TESTS=1 to skip): {stderr}");
+    }
+    true
+}

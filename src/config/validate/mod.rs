@@ -26,7 +26,12 @@ const GROUP_KEYS: &[&str] = &[
     "start_concurrency",
     "depends_on",
 ];
-const ROOT_ONLY_KEYS: &[&str] = &["control_socket", "health_addr", "guardian_grace"];
+const ROOT_ONLY_KEYS: &[&str] = &[
+    "control_socket",
+    "health_addr",
+    "guardian_grace",
+    "ownership",
+];
 const WORKER_KEYS: &[&str] = &[
     "command",
     "shell",
@@ -178,12 +183,14 @@ pub fn parse(text: &str, source: &Path) -> Result<TreeSpec, Vec<ConfigError>> {
             control_socket,
             health_addr,
             guardian_grace,
+            ownership,
         } = root.expect("a root without errors");
         Ok(TreeSpec {
             source: source.to_path_buf(),
             control_socket,
             health_addr,
             guardian_grace,
+            ownership,
             root: group,
         })
     } else {
@@ -200,6 +207,7 @@ struct Root {
     control_socket: Option<PathBuf>,
     health_addr: Option<SocketAddr>,
     guardian_grace: Duration,
+    ownership: Ownership,
 }
 
 struct Validator<'t> {
@@ -295,6 +303,18 @@ impl Validator<'_> {
         let guardian_grace = self
             .duration_key(map, &at, "guardian_grace", false)
             .unwrap_or(DEFAULT_GUARDIAN_GRACE);
+        let ownership = self
+            .choice(
+                map,
+                &at,
+                "ownership",
+                &[
+                    ("auto", Ownership::Auto),
+                    ("cgroup", Ownership::Cgroup),
+                    ("process-groups", Ownership::ProcessGroups),
+                ],
+            )
+            .unwrap_or_default();
         if map.contains_key("depends_on") {
             self.bad_key(
                 &at.key("depends_on"),
@@ -307,6 +327,7 @@ impl Validator<'_> {
             control_socket,
             health_addr,
             guardian_grace,
+            ownership,
         })
     }
 

@@ -20,8 +20,10 @@
 //!                              only when <own> is not the hierarchy root: cgroup v2 allows no
 //!                              process in a cgroup that enables controllers for its children
 //!                              (the root is exempt), as systemd's delegation docs describe
-//! <own>/workers/               the parent of every run; controllers enabled here reach the runs
-//! <own>/workers/<name>.<run>   one run of one worker: run_name("backend/api#2", 7) is
+//! <own>/workers.<pid>/         the parent of this arborist's runs (its pid: arborists that share
+//!                              a cgroup never touch each other's); controllers enabled here
+//!                              reach the runs
+//! <own>/workers.<pid>/<name>.<run>  one run of one worker: run_name("backend/api#2", 7) is
 //!                              "backend:api#2.7"
 //! ```
 //!
@@ -149,9 +151,10 @@ impl Hierarchy {
             dir: own_dir.clone(),
             source,
         })?;
-        let enabled = fs::read_to_string(own_dir.join("workers/cgroup.subtree_control"))
-            .map(|text| words(&text))
-            .unwrap_or_default();
+        let enabled =
+            fs::read_to_string(own_dir.join(workers_name()).join("cgroup.subtree_control"))
+                .map(|text| words(&text))
+                .unwrap_or_default();
         Ok(Hierarchy {
             mount: mount.to_path_buf(),
             // Only non-root cgroups have `cgroup.type` (a cgroup namespace's root has it: it is
@@ -187,8 +190,15 @@ impl Hierarchy {
         &self.enabled
     }
 
+    /// The parent of this arborist's runs, `workers.<pid>`: arborists sharing a cgroup (on
+    /// a host's root cgroup, say) never touch each other's runs.
     fn workers_dir(&self) -> PathBuf {
-        self.own_dir.join("workers")
+        self.own_dir.join(workers_name())
+    }
+
+    /// Removes this arborist's (empty) `workers.<pid>` directory; at exit.
+    pub fn remove_workers_dir(&self) {
+        let _ = fs::remove_dir(self.workers_dir());
     }
 
     /// Whether `limits` can be applied here: every controller it needs is delegated to
@@ -268,24 +278,57 @@ impl Hierarchy {
         RunCgroup::open(dir)
     }
 
-    /// Run cgroups already present: left by an earlier arborist that was SIGKILLed (the
-    /// guardian kills their processes, but cannot wait to remove them). The caller kills,
-    /// waits for and removes them like its own runs before creating any.
+    /// Run cgroups left by an earlier arborist that was SIGKILLed (the guardian kills their
+    /// processes, but cannot wait to remove them): every `workers.<pid>` of a pid that is no
+    /// longer alive, and its runs. The caller kills, waits for and removes the runs, then
+    /// the directories ([`remove_leftover_dirs`](Hierarchy::remove_leftover_dirs)).
     pub fn leftovers(&self) -> io::Result<Vec<RunCgroup>> {
-        let entries = match fs::read_dir(self.workers_dir()) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(with_path(&self.workers_dir(), e)),
-        };
         let mut runs = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                runs.push(RunCgroup::open(entry.path())?);
+        for dir in self.leftover_dirs()? {
+            for entry in fs::read_dir(&dir).map_err(|e| with_path(&dir, e))? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    runs.push(RunCgroup::open(entry.path())?);
+                }
             }
         }
         Ok(runs)
     }
+
+    /// Removes the (emptied) directories of [`leftovers`](Hierarchy::leftovers).
+    pub fn remove_leftover_dirs(&self) {
+        for dir in self.leftover_dirs().unwrap_or_default() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    fn leftover_dirs(&self) -> io::Result<Vec<PathBuf>> {
+        let entries = match fs::read_dir(&self.own_dir) {
+            Ok(entries) => entries,
+            Err(e) => return Err(with_path(&self.own_dir, e)),
+        };
+        let mut dirs = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("workers."))
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            if pid != std::process::id() as i32 && !alive {
+                dirs.push(entry.path());
+            }
+        }
+        Ok(dirs)
+    }
+}
+
+/// `workers.<pid>`: see `Hierarchy::workers_dir`.
+fn workers_name() -> String {
+    format!("workers.{}", std::process::id())
 }
 
 /// The cgroup name of run `run` of the worker at `path`: one path component (a cgroup name

@@ -222,7 +222,11 @@ async fn members_and_populated_follow_the_processes_of_a_run() {
         .hierarchy
         .create_run(&run_name("backend/api#2", 1))
         .expect("a run cgroup");
-    assert_eq!(run.dir(), t.dir.join("workers/backend:api#2.1"));
+    assert_eq!(
+        run.dir(),
+        t.dir
+            .join(format!("workers.{}/backend:api#2.1", std::process::id()))
+    );
     assert!(!run.populated().unwrap());
     assert_eq!(run.members().unwrap(), Vec::<i32>::new());
 
@@ -495,10 +499,25 @@ async fn enabling_controllers_first_moves_arborist_s_processes_into_a_supervisor
 async fn leftover_runs_of_an_earlier_arborist_are_found() {
     let Some(t) = test_cgroup() else { return };
     assert!(t.hierarchy.leftovers().unwrap().is_empty());
-    let run = t.hierarchy.create_run(&run_name("api", 3)).unwrap();
+    // An earlier arborist: its pid (that of a child that has exited) no longer runs.
+    let dead = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let earlier = t.hierarchy.own_dir().join(format!("workers.{dead}"));
+    fs::create_dir(&earlier).unwrap();
+    let dir = earlier.join(run_name("api", 3));
+    fs::create_dir(&dir).unwrap();
+    let run = super::run::RunCgroup::open(dir).unwrap();
     let (mut child, mut stdout) = spawn_in(&run, "echo up; exec sleep 1000");
     expect_line(&mut stdout, "up").await;
     drop(run);
+    // This arborist's own runs are never leftovers.
+    let mine = t.hierarchy.create_run(&run_name("web", 1)).unwrap();
+    assert_eq!(t.hierarchy.leftovers().unwrap().len(), 1);
+    mine.remove().unwrap();
 
     let left = t.hierarchy.leftovers().unwrap();
     assert_eq!(left.len(), 1);
@@ -511,5 +530,7 @@ async fn leftover_runs_of_an_earlier_arborist_are_found() {
         .unwrap());
     child.wait().unwrap();
     left[0].remove().unwrap();
+    t.hierarchy.remove_leftover_dirs();
+    assert!(!earlier.exists());
     assert!(t.hierarchy.leftovers().unwrap().is_empty());
 }

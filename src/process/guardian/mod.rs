@@ -223,6 +223,26 @@ pub fn remember(pgid: i32, stop_signal: Signal) {
     queue(|pending| push_add(pending, pgid, stop_signal));
 }
 
+/// Adds a worker run's cgroup (cgroup mode), in the next batch: its members, also those that
+/// left the worker's process group, get `stop_signal` and then `cgroup.kill` should arborist
+/// die. (The worker's own `+PGID` line, written before its exec, covers the moment before.)
+pub fn remember_cgroup(dir: &std::path::Path, stop_signal: Signal) {
+    let dir = dir.display().to_string();
+    queue(|pending| push_cgroup(pending, &dir, stop_signal));
+}
+
+/// Removes a run's cgroup, in the next batch.
+pub fn forget_cgroup(dir: &std::path::Path) {
+    let dir = dir.display().to_string();
+    queue(|pending| {
+        let _ = writeln!(pending, "c{dir}");
+    });
+}
+
+fn push_cgroup(buf: &mut Vec<u8>, dir: &str, stop_signal: Signal) {
+    let _ = writeln!(buf, "C{} {dir}", stop_signal as i32);
+}
+
 /// Tells a new guardian every live group, after every line queued before (a `-PGID` queued
 /// earlier is for a group already out of the registry, so it cannot undo a line of this
 /// batch; one queued later comes after it). The registry is read under PENDING's lock, so no
@@ -231,6 +251,9 @@ fn register_all() {
     queue(|pending| {
         for (pgid, stop_signal) in super::registry::live_groups() {
             push_add(pending, pgid, stop_signal);
+        }
+        for (dir, stop_signal) in super::registry::live_cgroups() {
+            push_cgroup(pending, &dir.display().to_string(), stop_signal);
         }
     });
 }

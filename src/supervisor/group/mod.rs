@@ -481,6 +481,7 @@ impl Group {
                     stop: Some(rx),
                     ctx,
                     marker: String::new(),
+                    owned: None,
                 };
                 self.ctx.tracker.spawn(run.run());
                 Downlink::Worker(tx)
