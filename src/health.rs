@@ -152,6 +152,7 @@ async fn respond(request: &Request<Incoming>, source: &Source) -> Response<Full<
     } else {
         let counters = Counters {
             deadline_kills: metrics::deadline_kills(),
+            oom_kills: metrics::oom_kills(),
             last_stop: metrics::last_stop_duration(),
             start_unix: source.start_unix,
         };
@@ -205,6 +206,7 @@ pub fn health(daemon_state: DaemonState, nodes: &[NodeStatus]) -> Result<(), Str
 /// The process-wide numbers `/metrics` shows beside the board's.
 pub struct Counters {
     pub deadline_kills: u64,
+    pub oom_kills: u64,
     pub last_stop: Option<Duration>,
     pub start_unix: f64,
 }
@@ -272,6 +274,13 @@ pub fn render_metrics(nodes: &[NodeStatus], counters: &Counters) -> String {
         "arborist_deadline_kills_total {}",
         counters.deadline_kills
     );
+    family(
+        &mut out,
+        "arborist_oom_kills_total",
+        "counter",
+        "Processes of worker runs killed by the kernel's OOM killer at their memory limit (cgroup mode).",
+    );
+    let _ = writeln!(out, "arborist_oom_kills_total {}", counters.oom_kills);
     family(
         &mut out,
         "arborist_last_shutdown_duration_seconds",
@@ -381,6 +390,7 @@ mod tests {
     fn metrics_count_workers_by_state_and_per_path() {
         let counters = Counters {
             deadline_kills: 3,
+            oom_kills: 1,
             last_stop: None,
             start_unix: 1_700_000_000.25,
         };
@@ -396,6 +406,8 @@ mod tests {
             "# TYPE arborist_worker_restarts_total counter",
             "arborist_worker_restarts_total{path=\"backend/api#0\"} 2",
             "arborist_deadline_kills_total 3",
+            "# TYPE arborist_oom_kills_total counter",
+            "arborist_oom_kills_total 1",
             "# TYPE arborist_last_shutdown_duration_seconds gauge",
             "arborist_start_time_seconds 1700000000.250",
         ] {
@@ -410,8 +422,8 @@ mod tests {
             .lines()
             .any(|l| l.starts_with("arborist_last_shutdown_duration_seconds")));
         // Every family has HELP and TYPE.
-        assert_eq!(text.matches("# HELP ").count(), 6);
-        assert_eq!(text.matches("# TYPE ").count(), 6);
+        assert_eq!(text.matches("# HELP ").count(), 7);
+        assert_eq!(text.matches("# TYPE ").count(), 7);
 
         let stopped = Counters {
             last_stop: Some(Duration::from_millis(1510)),

@@ -12,6 +12,19 @@ use crate::report::{millis, NodeType, StopOutcome, StopRecord};
 /// Processes SIGKILLed at a deadline, over every stop recorded so far.
 static DEADLINE_KILLS: AtomicU64 = AtomicU64::new(0);
 
+/// Processes the kernel's OOM killer killed in worker runs' cgroups (cgroup mode with the
+/// memory controller: `memory.events` `oom_kill`), over every run ended so far.
+static OOM_KILLS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts the OOM kills of a run that ended.
+pub fn oom_killed(n: u64) {
+    OOM_KILLS.fetch_add(n, Ordering::Relaxed);
+}
+
+pub fn oom_kills() -> u64 {
+    OOM_KILLS.load(Ordering::Relaxed)
+}
+
 /// Duration of the most recent stop that stopped something, in milliseconds; `NONE` before.
 static LAST_STOP_MS: AtomicU64 = AtomicU64::new(NONE);
 const NONE: u64 = u64::MAX;

@@ -351,7 +351,10 @@ impl WorkerRun {
         }
         let what = match self.oom_kills() {
             0 => what,
-            n => format!("{what} (OOM: {n} process(es) killed at its memory limit)"),
+            n => {
+                crate::metrics::oom_killed(n);
+                format!("{what} (OOM: {n} process(es) killed at its memory limit)")
+            }
         };
         self.forget_run();
         self.link.ended(Outcome {
