@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use ctl::{cli, node, status};
+use ctl::{cli, node, status, wait_state};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -119,7 +119,9 @@ children:
         "the guardian's death is not logged with its status:\n{log}"
     );
 
-    // No run of w failed: operator restarts are not counted, a run that died is.
+    // No run of w failed: operator restarts are not counted, a run that died is. (The last
+    // restart's reply comes once the new run is launched, maybe before its spawn: wait.)
+    wait_state(&fx, "w", "running");
     let s = status(&fx);
     let w = node(&s, "w").expect("w in status");
     assert_eq!(w["state"], "running", "{s:#}");
