@@ -134,15 +134,6 @@ fn rewrite(fx: &Fixture, text: &str) {
     std::fs::write(fx.config(), text).expect("rewrite the config");
 }
 
-/// The pids a worker appended to `$DIR/<file>` (empty when it does not exist).
-fn pids(fx: &Fixture, file: &str) -> Vec<i32> {
-    fx.read(file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 /// A CLI verb left running in the background (`stop` and `restart` block until their job is
 /// done); killed on drop, so a client that never returns cannot outlive the test.
 struct Pending(Child);
@@ -258,7 +249,7 @@ fn assert_report_is_honest(r: &Value) {
 /// gone; a zombie counts as gone.
 fn assert_nothing_left(fx: &Fixture, files: &[&str]) {
     for file in files {
-        let listed = pids(fx, file);
+        let listed = fx.pids(file);
         assert!(!listed.is_empty(), "nothing ever wrote {file}");
         for pid in listed {
             wait_until(
@@ -286,7 +277,7 @@ impl Run {
         ctl::wait_serving(&fx);
         let w = ctl::wait_up(&fx, "g/w");
         wait_until("g/w to ignore SIGTERM (its pid in w.pids)", WAIT, || {
-            pids(&fx, "w.pids").contains(&w)
+            fx.pids("w.pids").contains(&w)
         });
         Run { fx, arb, w }
     }
@@ -330,7 +321,7 @@ impl Run {
         let w = record(&r, "g/w");
         assert_eq!(w["kind"], "worker", "{w:#}");
         assert_eq!(w["outcome"], "killed", "g/w ignores SIGTERM: {w:#}");
-        let all_w = pids(&self.fx, "w.pids");
+        let all_w = self.fx.pids("w.pids");
         assert!(all_w.contains(&self.w), "{all_w:?} vs {}", self.w);
         assert!(
             w["pid"]
@@ -401,7 +392,7 @@ fn sigterm_during_an_operator_restart_of_a_nested_group_preempts_it_and_exits_wi
     let mut run = Run::start(Fixture::new(&nested_group_tree()));
     let v = ctl::wait_up(&run.fx, "g/inner/v");
     wait_until("g/inner/v to ignore SIGTERM", WAIT, || {
-        pids(&run.fx, "v.pids").contains(&v)
+        run.fx.pids("v.pids").contains(&v)
     });
     let _restart = spawn_cli(&run.fx, &["restart", "g/inner"]);
     ctl::wait_state(&run.fx, "g/inner/v", "stopping");
@@ -487,7 +478,7 @@ fn sigterm_while_a_worker_waits_out_its_backoff_exits_within_the_root_deadline()
     let flaky = record(&r, "g/flaky");
     assert_eq!(flaky["outcome"], "not_running", "{flaky:#}");
     assert_eq!(
-        pids(&run.fx, "flaky.pids").len(),
+        run.fx.pids("flaky.pids").len(),
         1,
         "flaky was restarted during the shutdown"
     );
@@ -500,11 +491,11 @@ fn sigterm_while_a_readiness_probe_hangs_exits_within_the_root_deadline() {
     let mut run = Run::start(fx);
     ctl::wait_state(&run.fx, "g/probed", "starting");
     wait_until("a probe attempt to be running", WAIT, || {
-        !pids(&run.fx, "probe.pids").is_empty()
+        !run.fx.pids("probe.pids").is_empty()
     });
     // `starting` is shown from the spawn on: the worker may not have written its pid yet.
     wait_until("probed to have written its pid", WAIT, || {
-        !pids(&run.fx, "probed.pids").is_empty()
+        !run.fx.pids("probed.pids").is_empty()
     });
 
     let (code, took) = run.sigterm();
@@ -520,7 +511,7 @@ fn a_pre_stop_that_hangs_does_not_stretch_the_shutdown_past_the_root_deadline() 
     let (code, took) = run.sigterm();
     // It must have run at all for the test to mean anything.
     assert!(
-        !pids(&run.fx, "pre_stop.pids").is_empty(),
+        !run.fx.pids("pre_stop.pids").is_empty(),
         "pre_stop never ran; log:\n{}",
         run.arb.log()
     );

@@ -45,18 +45,10 @@ children:
     fx
 }
 
-fn pids(fx: &Fixture, file: &str) -> Vec<i32> {
-    fx.read(file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 /// Waits for the `n`th helper to write its pid; returns it.
 fn wait_helper(fx: &Fixture, n: usize) -> i32 {
     wait_for(&format!("helper #{n}"), WAIT, || {
-        pids(fx, "helper.pids").get(n - 1).copied()
+        fx.pids("helper.pids").get(n - 1).copied()
     })
 }
 
@@ -88,9 +80,7 @@ fn a_setsid_child_that_ignores_sigterm_is_stopped_with_its_worker_and_a_restart_
     // restart: the old helper is stopped (SIGKILLed at the 500 ms deadline, it ignores
     // SIGTERM) before the new run starts, which the new run checks.
     cli_ok(&fx, &["restart", "db"]);
-    let new_main = wait_for("the new run", WAIT, || {
-        pids(&fx, "main.pids").get(1).copied()
-    });
+    let new_main = wait_for("the new run", WAIT, || fx.pids("main.pids").get(1).copied());
     assert_ne!(new_main, main);
     assert!(!alive(helper), "the old run's helper outlived the restart");
     assert_eq!(
@@ -154,7 +144,7 @@ children:
     });
     let fds_after = fds();
     // Every daemon but the current run's is gone, and none is left as a zombie.
-    let daemons = pids(&fx, "daemons");
+    let daemons = fx.pids("daemons");
     assert!(daemons.len() >= 100, "{} daemons", daemons.len());
     let alive_daemons: Vec<i32> = daemons.iter().copied().filter(|&p| alive(p)).collect();
     assert!(
@@ -262,7 +252,7 @@ children:
         let out = cli(&fx, &["restart", "postgres"]);
         assert_eq!(out.code, 0, "{} {}", out.stdout, out.stderr);
         let start = std::time::Instant::now();
-        while pids(&fx, "main.pids").get(n - 1).is_none() {
+        while fx.pids("main.pids").get(n - 1).is_none() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "run #{n} never started; refused: {:?}; log:\n{}",
@@ -333,9 +323,7 @@ fn in_cgroup_mode_a_setsid_child_is_in_its_workers_cgroup_and_goes_with_it() {
     );
 
     cli_ok(&fx, &["restart", "db"]);
-    wait_for("the new run", WAIT, || {
-        pids(&fx, "main.pids").get(1).copied()
-    });
+    wait_for("the new run", WAIT, || fx.pids("main.pids").get(1).copied());
     assert!(!alive(helper), "the old run's helper outlived the restart");
     assert_eq!(
         fx.read("overlap"),

@@ -137,6 +137,15 @@ impl Fixture {
     }
 
     /// Waits for a file holding a PID.
+    /// The pids a worker appended to `$DIR/<name>`, one a line (empty when it does not exist).
+    pub fn pids(&self, name: &str) -> Vec<i32> {
+        self.read(name)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
     pub fn wait_pid(&self, name: &str) -> i32 {
         let text = self.wait_file(name);
         text.lines()
