@@ -12,6 +12,7 @@ pub mod command;
 mod deadline;
 mod group;
 mod probe;
+mod reloads;
 pub mod tree;
 mod worker;
 
