@@ -5,7 +5,7 @@
 //! modes: the process-group fallback (processes adopted by arborist as subreaper, attributed by
 //! the run's `ARBORIST_RUN` marker, `ownership: process-groups`) and cgroup v2 (`ownership:
 //! cgroup`; these need root and a writable cgroup v2 hierarchy, as CI has: without them they
-//! fail with the reason, unless ARBORIST_NO_CGROUP_TESTS=1 says to skip them, loudly).
+//! fail with the reason, unless ARBORIST_SKIP_UNAVAILABLE=1 says to skip them, loudly).
 
 mod ctl;
 mod support;

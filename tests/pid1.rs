@@ -18,10 +18,10 @@ fn namespaces_available() -> bool {
         .args(["--pid", "--fork", "--mount-proc", "true"])
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED: `unshare --pid --fork --mount-proc` is not available here (needs util-linux and root)");
-    }
-    ok
+    prerequisite(
+        ok,
+        "`unshare --pid --fork --mount-proc` is not available here (needs util-linux and root)",
+    )
 }
 
 /// Starts `unshare ... arborist run` and returns it with arborist's pid as seen from here.

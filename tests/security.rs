@@ -15,11 +15,7 @@ use nix::sys::signal::Signal;
 use support::*;
 
 fn root() -> bool {
-    let is = nix::unistd::geteuid().is_root();
-    if !is {
-        eprintln!("SKIPPED: needs root");
-    }
-    is
+    prerequisite(nix::unistd::geteuid().is_root(), "this test needs root")
 }
 
 const SLEEPER: &str = r#"

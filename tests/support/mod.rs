@@ -344,9 +344,24 @@ pub fn field<'a>(e: &'a serde_json::Map<String, serde_json::Value>, key: &str) -
         .unwrap_or_default()
 }
 
-/// Whether cgroup mode can run here (root, a writable cgroup v2 hierarchy). When it cannot,
-/// the test fails with the reason, unless ARBORIST_NO_CGROUP_TESTS=1 asks to skip (said on
-/// stderr): a cgroup test never passes silently.
+/// The one way a test may stop early: its prerequisite (root, a PID namespace, a writable
+/// cgroup v2) is missing AND the caller asked to skip such tests with
+/// `ARBORIST_SKIP_UNAVAILABLE=1`. Without that opt-out a missing prerequisite fails the test
+/// with the reason, so nothing passes without having run (CI and this project's machines are
+/// root and have all three).
+pub fn prerequisite(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var_os("ARBORIST_SKIP_UNAVAILABLE").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED (ARBORIST_SKIP_UNAVAILABLE=1): {what}");
+        return false;
+    }
+    panic!("{what}; set ARBORIST_SKIP_UNAVAILABLE=1 to skip the tests that need it");
+}
+
+/// Whether cgroup mode can run here (root, a writable cgroup v2 hierarchy); see
+/// [`prerequisite`].
 pub fn cgroup_mode_available() -> bool {
     let fx = Fixture::new("ownership: cgroup\nchildren:\n  probe:\n    shell: \"true\"\n");
     let out = std::process::Command::new(BIN)
@@ -355,12 +370,9 @@ pub fn cgroup_mode_available() -> bool {
         .output()
         .expect("run arborist");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(2) && stderr.contains("cgroup mode is not available") {
-        if std::env::var_os("ARBORIST_NO_CGROUP_TESTS").is_some() {
-            eprintln!("SKIPPED (ARBORIST_NO_CGROUP_TESTS): {stderr}");
-            return false;
-        }
-        panic!("cgroup mode is not available here (run as root with a writable cgroup v2 hierarchy, or set ARBORIST_NO_CGROUP_TESTS=1 to skip): {stderr}");
-    }
-    true
+    let missing = out.status.code() == Some(2) && stderr.contains("cgroup mode is not available");
+    prerequisite(
+        !missing,
+        &format!("cgroup mode is not available here (needs root and a writable cgroup v2 hierarchy): {stderr}"),
+    )
 }

@@ -3,7 +3,7 @@
 //!
 //! The real-hierarchy tests need root and a writable cgroup v2 hierarchy (CI has both). Where
 //! either is missing they fail, saying why, rather than pass without testing anything; set
-//! `ARBORIST_NO_CGROUP_TESTS=1` to skip them explicitly (each then prints that it skipped).
+//! `ARBORIST_SKIP_UNAVAILABLE=1` to skip them explicitly (each then prints that it skipped).
 //! Each test works in a cgroup of its own, `arborist-test.<pid>.<n>` below the test process's
 //! cgroup, removed with everything in it at the end, even when the test fails.
 
@@ -117,17 +117,27 @@ struct TestCgroup {
     dir: PathBuf,
 }
 
-/// The test's cgroup, or None when `ARBORIST_NO_CGROUP_TESTS=1` skips these tests. Panics,
-/// saying why, when they cannot run: a missing prerequisite must never pass silently.
+/// The test's cgroup, or None when these tests cannot run here and `ARBORIST_SKIP_UNAVAILABLE=1`
+/// asks to skip them. Otherwise a missing prerequisite panics, saying why: it must never pass
+/// silently.
 fn test_cgroup() -> Option<TestCgroup> {
-    if std::env::var_os("ARBORIST_NO_CGROUP_TESTS").is_some_and(|v| v == "1") {
-        eprintln!("skipped: ARBORIST_NO_CGROUP_TESTS=1 (this test needs a writable cgroup v2)");
-        return None;
-    }
     let help = "cgroup tests need root and a writable cgroup v2 hierarchy; \
-                set ARBORIST_NO_CGROUP_TESTS=1 to skip them";
-    assert!(nix::unistd::geteuid().is_root(), "{help}: not root");
-    let found = Hierarchy::detect().unwrap_or_else(|e| panic!("{help}: {e}"));
+                set ARBORIST_SKIP_UNAVAILABLE=1 to skip them";
+    let found = match Hierarchy::detect() {
+        Ok(h) if nix::unistd::geteuid().is_root() => h,
+        other => {
+            let why = match other {
+                Err(e) => e.to_string(),
+                Ok(_) => "not root".to_string(),
+            };
+            // Only a missing prerequisite may skip, and only when asked to.
+            if std::env::var_os("ARBORIST_SKIP_UNAVAILABLE").is_some_and(|v| v == "1") {
+                eprintln!("SKIPPED (ARBORIST_SKIP_UNAVAILABLE=1): {help}: {why}");
+                return None;
+            }
+            panic!("{help}: {why}");
+        }
+    };
     static TESTS: AtomicU64 = AtomicU64::new(0);
     let name = format!(
         "arborist-test.{}.{}",
