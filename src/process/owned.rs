@@ -68,53 +68,27 @@ impl Ownership {
     /// available, `limits` whose controllers are not delegated), which is a configuration
     /// error (exit 2, nothing started). Call inside the runtime (the watcher registers).
     pub fn detect(tree: &TreeSpec) -> Result<Ownership, String> {
-        let limited = workers_with_limits(&tree.root);
-        if tree.ownership == config::Ownership::ProcessGroups {
-            if let Some((path, _)) = limited.first() {
-                return Err(format!(
-                    "{path}: limits need cgroup mode, and the configuration sets `ownership: \
-                     process-groups`"
-                ));
-            }
-            return Ok(Ownership {
+        match choose(tree)? {
+            Choice::Fallback(why) => Ok(Ownership {
                 cgroups: None,
-                fallback_reason: Some("`ownership: process-groups` in the configuration".into()),
-            });
-        }
-        let hierarchy = match Hierarchy::detect() {
-            Ok(h) => h,
-            Err(why) => {
-                if tree.ownership == config::Ownership::Cgroup || !limited.is_empty() {
-                    let who = match limited.first() {
-                        Some((path, _)) if tree.ownership != config::Ownership::Cgroup => {
-                            format!("{path}: limits need cgroup mode, which is not available")
-                        }
-                        _ => "`ownership: cgroup`: cgroup mode is not available".into(),
-                    };
-                    return Err(format!("{who}: {why}"));
+                fallback_reason: Some(why),
+            }),
+            Choice::Cgroup {
+                mut hierarchy,
+                limits,
+            } => {
+                if limits {
+                    hierarchy.enable_controllers().map_err(|e| {
+                        format!("cannot enable the controllers that limits need: {e}")
+                    })?;
                 }
-                return Ok(Ownership {
-                    cgroups: None,
-                    fallback_reason: Some(why.to_string()),
-                });
+                let watcher = Watcher::new().map_err(|e| format!("cannot watch cgroups: {e}"))?;
+                Ok(Ownership {
+                    cgroups: Some(Arc::new(Cgroups { hierarchy, watcher })),
+                    fallback_reason: None,
+                })
             }
-        };
-        for (path, limits) in &limited {
-            hierarchy
-                .check_limits(limits)
-                .map_err(|e| format!("{path}: {e}"))?;
         }
-        let mut hierarchy = hierarchy;
-        if !limited.is_empty() {
-            hierarchy
-                .enable_controllers()
-                .map_err(|e| format!("cannot enable the controllers that limits need: {e}"))?;
-        }
-        let watcher = Watcher::new().map_err(|e| format!("cannot watch cgroups: {e}"))?;
-        Ok(Ownership {
-            cgroups: Some(Arc::new(Cgroups { hierarchy, watcher })),
-            fallback_reason: None,
-        })
     }
 
     /// One line for the log: which mode, and why not cgroup mode when it is not.
@@ -140,6 +114,25 @@ impl Ownership {
 /// What [`Ownership::detect`] would choose for `tree` on this machine, for `check`: the mode
 /// in words, or why `run` would refuse the tree. Creates and removes only a probe cgroup.
 pub fn preview(tree: &TreeSpec) -> Result<String, String> {
+    Ok(match choose(tree)? {
+        Choice::Fallback(why) => format!("process groups and subreaper adoption ({why})"),
+        Choice::Cgroup { hierarchy, .. } => {
+            format!("cgroup v2, under {}", hierarchy.own_dir().display())
+        }
+    })
+}
+
+/// The decision `detect` and `preview` share.
+enum Choice {
+    /// Process groups, and why not cgroup mode.
+    Fallback(String),
+    /// cgroup mode; `limits` when some worker needs its controllers enabled.
+    Cgroup { hierarchy: Hierarchy, limits: bool },
+}
+
+/// Chooses the mode for `tree` here (its `ownership` key, the hierarchy, its workers'
+/// `limits`); `Err` when the tree cannot run here.
+fn choose(tree: &TreeSpec) -> Result<Choice, String> {
     let limited = workers_with_limits(&tree.root);
     if tree.ownership == config::Ownership::ProcessGroups {
         return match limited.first() {
@@ -147,22 +140,32 @@ pub fn preview(tree: &TreeSpec) -> Result<String, String> {
                 "{path}: limits need cgroup mode, and the configuration sets `ownership: \
                  process-groups`"
             )),
-            None => Ok("process groups (`ownership: process-groups`)".into()),
+            None => Ok(Choice::Fallback(
+                "`ownership: process-groups` in the configuration".into(),
+            )),
         };
     }
     match Hierarchy::detect() {
-        Ok(h) => {
+        Ok(hierarchy) => {
             for (path, limits) in &limited {
-                h.check_limits(limits).map_err(|e| format!("{path}: {e}"))?;
+                hierarchy
+                    .check_limits(limits)
+                    .map_err(|e| format!("{path}: {e}"))?;
             }
-            Ok(format!("cgroup v2, under {}", h.own_dir().display()))
+            Ok(Choice::Cgroup {
+                hierarchy,
+                limits: !limited.is_empty(),
+            })
         }
-        Err(why) if tree.ownership == config::Ownership::Cgroup || !limited.is_empty() => {
-            Err(format!("cgroup mode is not available: {why}"))
-        }
-        Err(why) => Ok(format!(
-            "process groups and subreaper adoption (no cgroup mode: {why})"
-        )),
+        Err(why) => match limited.first() {
+            Some((path, _)) if tree.ownership != config::Ownership::Cgroup => Err(format!(
+                "{path}: limits need cgroup mode, which is not available: {why}"
+            )),
+            _ if tree.ownership == config::Ownership::Cgroup => Err(format!(
+                "`ownership: cgroup`: cgroup mode is not available: {why}"
+            )),
+            _ => Ok(Choice::Fallback(format!("no cgroup mode: {why}"))),
+        },
     }
 }
 
